@@ -1,0 +1,332 @@
+"""OFA (fairseq) checkpoints: recognise them, derive the HF config, say what travels with the weights.
+
+Structure comes from the tensors wherever they can tell it (dims, layer counts, heads from the relative
+position tables, bucket sizes, ResNet depth, which optional modules exist); the stored hyper-parameters fill
+in what tensors cannot show (attention scale factor, entanglement, sync_bn, normalize-before) and must agree
+with the tensors everywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+
+from hfport.converters.pipeline import Prepared
+from hfport.errors import ConfigError, UnsupportedCheckpointError
+
+FAMILY = "ofa"
+MAPPING = "ofa"
+# derived buffers the backwards direction rebuilds (see regenerator())
+REGENERATED = ("fairseq_version", "rp_bucket", "image_position_idx")
+MODEL_DIR = Path(__file__).resolve().parents[1] / "hfport" / "models" / "ofa"
+
+# keys whose presence reveals a structural flag
+FLAG_KEYS = {
+    "scale_attn": r"encoder\.layers\.0\.attn_ln\.weight",
+    "scale_fc": r"encoder\.layers\.0\.ffn_layernorm\.weight",
+    "scale_heads": r"encoder\.layers\.0\.self_attn\.c_attn",
+    "scale_resids": r"encoder\.layers\.0\.w_resid",
+    "layernorm_embedding": r"encoder\.layernorm_embedding\.weight",
+    "patch_layernorm_embedding": r"encoder\.patch_layernorm_embedding\.weight",
+    "code_layernorm_embedding": r"decoder\.code_layernorm_embedding\.weight",
+    "add_type_embedding": r"encoder\.type_embedding\.weight",
+    "encoder_normalize_before": r"encoder\.layer_norm\.weight",
+    "decoder_normalize_before": r"decoder\.layer_norm\.weight",
+}
+RESNET_BY_BLOCKS = {(2, 2, 2): "resnet18", (3, 4, 6): "resnet50", (3, 4, 23): "resnet101", (3, 8, 36): "resnet152"}
+# structure the port does not implement: refuse rather than drop weights silently
+UNSUPPORTED_KEYS = {
+    r"^(encoder|decoder)\.prompt_encoder\.": "prompt tuning (--encoder-prompt / --decoder-prompt)",
+    r"\.adapter\.": "adapters",
+    r"^classification_heads\.": "classification heads (fine-tuned with --pooler-classifier)",
+    r"^encoder\.embed_images\.(patch_embed|blocks)": "a ViT image backbone (OFA-Sys ViT variants)",
+    r"^encoder\.(embed_audios|audio_)": "speech inputs (OFA speech / MMSpeech)",
+}
+
+
+def matches(checkpoint: dict) -> bool:
+    return isinstance(checkpoint.get("model"), dict) and ("cfg" in checkpoint or "args" in checkpoint)
+
+
+def model_arguments(checkpoint: dict) -> dict:
+    """The model hyper-parameters: modern ``cfg["model"]`` (Namespace or dict) or legacy top-level ``args``."""
+    cfg = checkpoint.get("cfg")
+    source = None
+    if isinstance(cfg, dict) and cfg.get("model") is not None:
+        source = cfg["model"]
+    elif checkpoint.get("args") is not None:
+        source = checkpoint["args"]
+    if source is None:
+        raise ConfigError("the checkpoint has neither cfg['model'] nor args: no OFA hyper-parameters found")
+    if isinstance(source, argparse.Namespace):
+        return dict(vars(source))
+    if isinstance(source, dict):
+        return dict(source)
+    raise ConfigError(f"cfg['model'] is a {type(source).__name__}, expected a Namespace or dict")
+
+
+def task_arguments(checkpoint: dict) -> dict:
+    cfg = checkpoint.get("cfg")
+    if isinstance(cfg, dict) and isinstance(cfg.get("task"), dict):
+        return dict(cfg["task"])
+    if isinstance(cfg, dict) and isinstance(cfg.get("task"), argparse.Namespace):
+        return dict(vars(cfg["task"]))
+    return model_arguments(checkpoint)  # legacy files keep task options in args too
+
+
+def _layer_count(keys, prefix: str) -> int:
+    indices = {int(m.group(1)) for k in keys if (m := re.match(rf"{prefix}\.layers\.(\d+)\.", k))}
+    if indices and indices != set(range(max(indices) + 1)):
+        raise ConfigError(f"{prefix} layers are not numbered 0..N-1: {sorted(indices)}")
+    return len(indices)
+
+
+def derive_structure(state: dict[str, torch.Tensor]) -> dict:
+    """Everything the tensor names and shapes say about the architecture."""
+    keys = list(state)
+    shape = lambda k: tuple(state[k].shape)  # noqa: E731
+    need = ["encoder.embed_tokens.weight", "encoder.layers.0.fc1.weight", "encoder.token_rel_pos_table_list.0.weight",
+            "encoder.embed_image_positions.weight", "encoder.embed_positions.weight", "decoder.embed_tokens.weight"]
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise UnsupportedCheckpointError(f"not a complete OFA state dict: missing {', '.join(missing)}")
+    found: dict = {
+        "vocab_size": shape("encoder.embed_tokens.weight")[0],
+        "encoder_embed_dim": shape("encoder.embed_tokens.weight")[1],
+        "decoder_embed_dim": shape("decoder.embed_tokens.weight")[1],
+        "encoder_layers": _layer_count(keys, "encoder"),
+        "decoder_layers": _layer_count(keys, "decoder"),
+        "encoder_ffn_embed_dim": shape("encoder.layers.0.fc1.weight")[0],
+        "encoder_attention_heads": shape("encoder.token_rel_pos_table_list.0.weight")[1],
+        "token_bucket_size": (shape("encoder.token_rel_pos_table_list.0.weight")[0] + 1) // 2,
+        "max_source_positions": shape("encoder.embed_positions.weight")[0] - 2,
+    }
+    image_rows = shape("encoder.embed_image_positions.weight")[0] - 1
+    bucket = round(image_rows ** 0.5)
+    if bucket * bucket != image_rows:
+        raise ConfigError(f"encoder.embed_image_positions has {image_rows + 1} rows, not image_bucket_size²+1")
+    found["image_bucket_size"] = bucket
+    if found["decoder_layers"]:
+        found["decoder_ffn_embed_dim"] = shape("decoder.layers.0.fc1.weight")[0]
+        found["decoder_attention_heads"] = shape("decoder.token_rel_pos_table_list.0.weight")[1]
+        found["max_target_positions"] = shape("decoder.embed_positions.weight")[0] - 2
+    blocks = tuple(_layer_count_in(keys, f"encoder.embed_images.layer{s}") for s in (1, 2, 3))
+    if blocks not in RESNET_BY_BLOCKS:
+        raise UnsupportedCheckpointError(f"unknown ResNet depth: Bottleneck blocks per stage {blocks}")
+    found["resnet_blocks"] = blocks
+    for flag, pattern in FLAG_KEYS.items():
+        found[flag] = any(re.fullmatch(pattern, k) for k in keys)
+    return found
+
+
+def _layer_count_in(keys, prefix: str) -> int:
+    return len({m.group(1) for k in keys if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))})
+
+
+def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
+    from hfport.models.ofa.configuration_ofa import RESNET_LAYERS, UNSUPPORTED_FLAGS, OFAConfig
+
+    enabled = [flag for flag in UNSUPPORTED_FLAGS if args.get(flag)]
+    if enabled:
+        raise UnsupportedCheckpointError(f"OFA option(s) {', '.join(enabled)} are set; hfport does not convert them yet")
+
+    fields = set(getattr(OFAConfig, "__annotations__", {}))
+    values = {k: v for k, v in args.items() if k in fields and v is not None}
+    contradictions = []
+    for name, value in structure.items():
+        if name == "resnet_blocks":
+            continue
+        if name in args and args[name] is not None and _differs(args[name], value):
+            contradictions.append(f"{name}={args[name]!r} but the tensors say {value!r}")
+        values[name] = value
+    stated = args.get("resnet_type")
+    if stated and RESNET_LAYERS.get(stated) != structure["resnet_blocks"]:
+        contradictions.append(f"resnet_type={stated!r} but the image encoder has {structure['resnet_blocks']} blocks")
+    values["resnet_type"] = stated if stated in RESNET_LAYERS and RESNET_LAYERS[stated] == structure[
+        "resnet_blocks"] else RESNET_BY_BLOCKS[structure["resnet_blocks"]]
+    if contradictions:
+        raise ConfigError("hyper-parameters contradict the checkpoint's tensors: " + "; ".join(contradictions))
+    # which embeddings are actually shared: the flags, checked later bit-exactly by the mapping's tie rules
+    values["share_all_embeddings"] = bool(args.get("share_all_embeddings", False))
+    values["share_decoder_input_output_embed"] = bool(
+        args.get("share_decoder_input_output_embed", False) or values["share_all_embeddings"])
+    if "decoder.output_projection.weight" not in state and not values["share_decoder_input_output_embed"]:
+        raise ConfigError("decoder.output_projection.weight is missing and the embeddings are not shared")
+    values["freeze_resnet"] = "encoder.embed_images.bn1.num_batches_tracked" not in state
+    values["tie_word_embeddings"] = values["share_decoder_input_output_embed"]
+    try:
+        config = OFAConfig(**values)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"unsupported OFA configuration: {err}") from None
+    config.auto_map = {
+        "AutoConfig": "configuration_ofa.OFAConfig",
+        "AutoModel": "modeling_ofa.OFAModel",
+        "AutoModelForSeq2SeqLM": "modeling_ofa.OFAForConditionalGeneration",
+    }
+    config.architectures = ["OFAForConditionalGeneration"]
+    return config
+
+
+def _differs(stated, derived) -> bool:
+    if isinstance(derived, bool):
+        return bool(stated) != derived
+    try:
+        return float(stated) != float(derived)
+    except (TypeError, ValueError):
+        return stated != derived
+
+
+def tie_flags(config) -> dict[str, bool]:
+    shared_io = bool(config.share_decoder_input_output_embed)
+    return {
+        "share_all_embeddings": bool(config.share_all_embeddings),
+        "tie_output_to_encoder": shared_io and bool(config.share_all_embeddings),
+        "tie_output_to_decoder": shared_io and not config.share_all_embeddings,
+    }
+
+
+def export_flags(config) -> dict[str, bool]:
+    return tie_flags(config)
+
+
+def floating_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    return state["encoder.embed_tokens.weight"].dtype
+
+
+def refuse_unsupported(state: dict) -> None:
+    for pattern, what in UNSUPPORTED_KEYS.items():
+        hits = [k for k in state if re.search(pattern, k)]
+        if hits:
+            from hfport.mappings.templates import collapse_keys
+
+            raise UnsupportedCheckpointError(
+                f"this OFA checkpoint uses {what}, which hfport does not convert yet: {collapse_keys(hits, 4)}")
+
+
+def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None, bpe=None, **unused) -> Prepared:
+    _reject_options(unused)
+    from hfport.models.ofa.modeling_ofa import OFAForConditionalGeneration
+
+    state = checkpoint["model"]
+    refuse_unsupported(state)
+    args = model_arguments(checkpoint)
+    task = task_arguments(checkpoint)
+    config = build_config(args, derive_structure(state), state)
+    notes = []
+    if not args.get("disable_entangle", False):
+        notes.append("disable_entangle is off: the decoder adds absolute positions to its token embeddings")
+
+    def write_extras(folder: Path) -> list[str]:
+        written = [_write_generation_config(folder, config)]
+        if bpe_dir is not None:
+            from hfport.converters.ofa_preprocessing import save_ofa_preprocessing
+
+            written += save_ofa_preprocessing(
+                folder, bpe_dir=bpe_dir, bpe=bpe or task.get("bpe") or "gpt2", vocab_size=config.vocab_size,
+                code_dict_size=int(task.get("code_dict_size", 8192)), num_bins=int(task.get("num_bins", 1000)),
+                patch_image_size=int(patch_image_size or task.get("patch_image_size", 480)))
+        return written
+
+    return Prepared(
+        config=config,
+        model_class=OFAForConditionalGeneration,
+        state_dict=state,
+        flags=tie_flags(config),
+        model_files=[MODEL_DIR / "configuration_ofa.py", MODEL_DIR / "modeling_ofa.py"],
+        task="image-to-text",
+        source_format="fairseq",
+        hyper_parameters={"model": _plain(args), "task": _plain(task)},
+        source_dtype=floating_dtype(state),
+        notes=notes,
+        write_extras=write_extras,
+    )
+
+
+def _write_generation_config(folder: Path, config) -> str:
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+        decoder_start_token_id=config.decoder_start_token_id, suppress_tokens=[config.pad_token_id],
+        num_beams=5, max_length=min(config.max_target_positions, 64),
+    )
+    generation.save_pretrained(folder)
+    return "generation_config.json"
+
+
+def _reject_options(unused: dict) -> None:
+    given = {k: v for k, v in unused.items() if v is not None and v is not False}
+    if given:
+        raise ConfigError(f"option(s) not used for OFA checkpoints: {', '.join('--' + k.replace('_', '-') for k in given)}")
+
+
+def _plain(values: dict) -> dict:
+    keep = (str, int, float, bool, type(None))
+    return {k: v for k, v in values.items() if isinstance(v, keep) or (isinstance(v, list) and all(isinstance(x, keep) for x in v))}
+
+
+def describe(checkpoint: dict) -> dict:
+    """For `hfport inspect`: the facts a user wants before converting."""
+    state = checkpoint["model"]
+    args = model_arguments(checkpoint)
+    structure = derive_structure(state)
+    return {
+        "family": "OFA (fairseq)",
+        "arch": args.get("arch") or args.get("_name"),
+        "structure": {k: v for k, v in structure.items()},
+        "stated": {k: args.get(k) for k in ("attn_scale_factor", "disable_entangle", "entangle_position_embedding",
+                                             "share_all_embeddings", "share_decoder_input_output_embed", "sync_bn",
+                                             "code_image_size", "resnet_type") if k in args},
+        "task": {k: v for k, v in task_arguments(checkpoint).items()
+                 if k in ("_name", "patch_image_size", "code_dict_size", "num_bins", "bpe", "max_src_length")},
+        "weights": state,
+        "baggage": {k: checkpoint[k] for k in ("last_optimizer_state", "optimizer_history", "extra_state", "criterion")
+                    if checkpoint.get(k) is not None},
+    }
+
+
+# -- backwards: HF folder -> fairseq checkpoint ----------------------------------------------------------------------
+
+def regenerator(config):
+    """Rebuilds the buffers fairseq stores but the HF model recomputes (bit-exact with fairseq's own)."""
+    from hfport.models.ofa import modeling_ofa as m
+
+    def build(generator: str, key: str) -> torch.Tensor:
+        if generator == "fairseq_version":  # a float buffer: fp16 checkpoints store it in fp16 too
+            stored = getattr(torch, str(getattr(config, "dtype", None) or "float32").removeprefix("torch."))
+            return torch.tensor([3.0], dtype=stored)
+        if generator == "image_position_idx":
+            return m.make_code_position_idx(config.code_image_size, config.image_bucket_size)
+        if key.endswith("token_rp_bucket"):
+            return m.make_token_bucket_position(config.token_bucket_size)
+        distances = m.image_num_relative_distance(config.image_bucket_size)
+        return m.make_image_bucket_position(config.image_bucket_size, distances)
+
+    return build
+
+
+def original_checkpoint(config, state: dict, provenance: dict) -> dict:
+    """A fairseq-format checkpoint dict (``cfg`` with a ``model`` Namespace, ``model`` state dict)."""
+    from collections import OrderedDict
+
+    stated = dict(provenance.get("hyper_parameters", {}).get("model", {}))
+    fields = set(getattr(type(config), "__annotations__", {}))
+    model_args = {**stated, **{k: getattr(config, k) for k in fields if hasattr(config, k)
+                               and k not in ("tie_word_embeddings", "is_encoder_decoder", "use_cache")}}
+    model_args.setdefault("_name", "ofa")
+    model_args.setdefault("arch", stated.get("arch", "ofa_tiny"))
+    task = dict(provenance.get("hyper_parameters", {}).get("task", {})) or {"_name": "ofa"}
+    fp16 = any(t.dtype == torch.float16 for t in state.values())
+    return {
+        "args": None,
+        "cfg": {"_name": None, "common": {"fp16": fp16, "user_dir": None}, "model": argparse.Namespace(**model_args),
+                "task": task, "criterion": None, "optimizer": None, "lr_scheduler": None},
+        "model": OrderedDict(sorted(state.items())),
+        "criterion": None,
+        "optimizer_history": [],
+        "task_state": {},
+        "extra_state": {},
+    }

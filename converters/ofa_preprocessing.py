@@ -1,0 +1,252 @@
+"""Write OFA's tokenizer and image processor next to converted weights.
+
+OFA (fairseq) encodes text in two steps: GPT-2 byte-level BPE (English; `bpe=bert` for Chinese: WordPiece) gives
+sub-word strings, then the task dictionary maps each one to its index. The tokenizer built here does both in one
+`tokenizers` pipeline: its model vocabulary holds every sub-word under its *dictionary index*, so the fast
+tokenizer returns the ids the checkpoint's embedding rows expect.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from hfport.errors import ConfigError
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary defaults, ids 0..3
+PROCESSING_FILE = Path(__file__).resolve().parents[1] / "hfport" / "models" / "ofa" / "processing_ofa.py"
+
+
+def build_task_dictionary(dict_path: Path, code_dict_size: int, num_bins: int) -> list[str]:
+    """The symbols of OFA's task dictionary in index order, as `OFATask.setup_task` builds them."""
+    symbols = list(SPECIALS)
+    index = {s: i for i, s in enumerate(symbols)}
+
+    def add_symbol(word: str, overwrite: bool = False) -> None:
+        if word in index and not overwrite:
+            return
+        index[word] = len(symbols)
+        symbols.append(word)
+
+    try:
+        lines = dict_path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ConfigError(f"cannot read the OFA dictionary {dict_path}: {err.strerror or err}") from err
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip()
+        if not line:
+            continue
+        overwrite = False
+        word, _, field = line.rpartition(" ")
+        if field == "#fairseq:overwrite":
+            overwrite = True
+            word, _, field = word.rpartition(" ")
+        if not word or not field.lstrip("-").isdigit():
+            raise ConfigError(f"{dict_path}:{number}: expected '<symbol> <count>', got {line!r}")
+        if word in index and not overwrite:
+            raise ConfigError(f"{dict_path}:{number}: duplicate symbol {word!r} (fairseq refuses this dictionary)")
+        add_symbol(word, overwrite)
+    add_symbol("<mask>")
+    for i in range(code_dict_size):
+        add_symbol(f"<code_{i}>")
+    for i in range(num_bins):
+        add_symbol(f"<bin_{i}>")
+    return symbols
+
+
+def _read_gpt2_files(bpe_dir: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    encoder_path, merges_path = bpe_dir / "encoder.json", bpe_dir / "vocab.bpe"
+    for path in (encoder_path, merges_path):
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: --bpe-dir must hold OFA's utils/BPE files (dict.txt, encoder.json, vocab.bpe)")
+    encoder = json.loads(encoder_path.read_text(encoding="utf-8"))
+    # same parsing as fairseq's gpt2_bpe_utils.get_encoder: drop the version line and the trailing empty line
+    lines = merges_path.read_text(encoding="utf-8").split("\n")[1:-1]
+    merges = [tuple(line.split()) for line in lines]
+    return encoder, merges
+
+
+def _read_wordpiece_vocab(bpe_dir: Path) -> list[str]:
+    path = bpe_dir / "vocab.txt"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: a bpe=bert --bpe-dir must hold vocab.txt and dict.txt")
+    # like transformers' load_vocab: one token per line, trailing newline stripped, order = id
+    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _model_vocab(symbols: list[str], subwords: list[str], symbol_of_subword) -> dict[str, int]:
+    """token string -> id: dictionary symbols at their index, sub-words missing from the dictionary after it."""
+    by_symbol = {s: i for i, s in enumerate(symbols)}
+    vocab: dict[str, int] = {}
+    claimed: set[int] = set()
+    for subword in subwords:
+        index = by_symbol.get(symbol_of_subword(subword))
+        if index is not None:
+            vocab[subword] = index
+            claimed.add(index)
+    # dictionary entries no sub-word produces (specials, <code_*>, 'madeupword0000', ...) keep their index
+    for index, symbol in enumerate(symbols):
+        if index in claimed:
+            continue
+        name = symbol
+        while name in vocab:  # a literal that happens to be a sub-word string of another id
+            name = f"<dict:{name}>"
+        vocab[name] = index
+    next_id = len(symbols)
+    for subword in subwords:
+        if subword not in vocab:
+            vocab[subword] = next_id
+            next_id += 1
+    return vocab
+
+
+def _name_of_index(vocab: dict[str, int], index: int) -> str:
+    return next(token for token, i in vocab.items() if i == index)
+
+
+def build_ofa_tokenizer(bpe_dir: Path, symbols: list[str], bpe: str = "gpt2") -> Tokenizer:
+    """A `tokenizers.Tokenizer` reproducing fairseq's `Dictionary.encode_line(bpe.encode(text))` with OFA's dictionary."""
+    if bpe == "gpt2":
+        encoder, merges = _read_gpt2_files(bpe_dir)
+        subwords = sorted(encoder, key=encoder.get)
+        vocab = _model_vocab(symbols, subwords, lambda token: str(encoder[token]))
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        normalized_specials = False
+    elif bpe == "bert":
+        subwords = _read_wordpiece_vocab(bpe_dir)
+        if "[UNK]" not in subwords:
+            raise ConfigError(f"{bpe_dir / 'vocab.txt'} has no [UNK] token; it is not a BERT vocabulary")
+        vocab = _model_vocab(symbols, list(dict.fromkeys(subwords)), lambda token: token)
+        tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        # OFA builds BertBPE with bpe_cased=False, i.e. BertTokenizer(do_lower_case=True)
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+        normalized_specials = False
+    else:
+        raise ConfigError(f"unknown OFA bpe {bpe!r}; expected 'gpt2' or 'bert'")
+
+    bos, pad, eos, unk = (_name_of_index(vocab, i) for i in range(4))
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (bos, pad, eos, unk)])
+    extra = [s for s in symbols[4:] if s == "<mask>" or s.startswith(("<code_", "<bin_"))]
+    # lstrip: OFA encodes "<prefix text> <bin_1> <bin_2>" as BPE(prefix) + the bins without BPE, so the space
+    # before such a token belongs to no token; text after one keeps its leading space like every OFA segment.
+    tokenizer.add_tokens([AddedToken(t, lstrip=True, normalized=normalized_specials) for t in extra])
+    if bpe == "bert":
+        # the slow BertTokenizer fairseq used keeps its own special tokens whole when they appear in text
+        bert_specials = [t for t in ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]") if t in vocab]
+        tokenizer.add_tokens([AddedToken(t, normalized=False) for t in bert_specials])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, 0), (eos, 2)],
+    )
+    return tokenizer
+
+
+def save_ofa_preprocessing(
+    out_dir,
+    *,
+    bpe_dir,
+    bpe: str = "gpt2",
+    vocab_size: int,
+    code_dict_size: int,
+    num_bins: int,
+    patch_image_size: int,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+    max_src_length: int | None = None,
+    max_source_positions: int = 1024,
+) -> list[str]:
+    """Write tokenizer, image processor and processor files of an OFA model into `out_dir`.
+
+    `vocab_size` is the checkpoint's embedding row count; `code_dict_size`, `num_bins`, `patch_image_size` come
+    from the checkpoint's task config (`cfg["task"]`), `patch_image_size` possibly overridden by the user;
+    `max_src_length` (task cfg) caps the words of questions / grounding texts like OFA's datasets, and
+    `max_source_positions` (model cfg) becomes the tokenizer's `model_max_length`.
+    Returns the names of the files written. Raises ConfigError when the dictionary does not fit the checkpoint.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer  # noqa: F401  (import cost only when converting)
+
+    out_dir, bpe_dir = Path(out_dir), Path(bpe_dir)
+    if not (bpe_dir / "dict.txt").is_file():
+        raise ConfigError(f"{bpe_dir}/dict.txt is missing: --bpe-dir must be OFA's utils/BPE (or BERT_CN_dict) folder")
+    if int(patch_image_size) <= 0 or int(patch_image_size) % 16:
+        raise ConfigError(f"patch_image_size must be a positive multiple of 16 (OFA's ResNet stride), got {patch_image_size}")
+    symbols = build_task_dictionary(bpe_dir / "dict.txt", int(code_dict_size), int(num_bins))
+    if len(symbols) != int(vocab_size):
+        raise ConfigError(
+            f"the OFA dictionary from {bpe_dir}/dict.txt has {len(symbols)} entries (4 specials + dict.txt + <mask> + "
+            f"{code_dict_size} codes + {num_bins} bins) but the checkpoint's embedding has {vocab_size} rows",
+            hint="pass the --bpe-dir the checkpoint was trained with (English: utils/BPE, Chinese: BERT_CN_dict with bpe=bert)",
+        )
+
+    from hfport.models.ofa import processing_ofa  # the module copied into the folder
+
+    backend = build_ofa_tokenizer(bpe_dir, symbols, bpe)
+    model_vocab = backend.get_vocab(with_added_tokens=False)
+    tokenizer = processing_ofa.OFATokenizerFast(
+        tokenizer_object=backend,
+        dictionary_size=len(symbols) if len(model_vocab) > len(symbols) else None,
+        bpe=bpe,
+        bos_token=_name_of_index(model_vocab, 0),
+        pad_token=_name_of_index(model_vocab, 1),
+        eos_token=_name_of_index(model_vocab, 2),
+        unk_token=_name_of_index(model_vocab, 3),
+        mask_token="<mask>" if "<mask>" in symbols else None,
+        model_max_length=int(max_source_positions),
+        clean_up_tokenization_spaces=False,
+    )
+    image_processor = processing_ofa.OFAImageProcessor(
+        size=int(patch_image_size), image_mean=list(image_mean), image_std=list(image_std)
+    )
+    processor = processing_ofa.OFAProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, max_words=int(max_src_length) if max_src_length else None
+    )
+    before = set(_listing(out_dir))
+    _save_with_auto_map(processor, out_dir, "processing_ofa", "OFAProcessor", "OFAImageProcessor", "OFATokenizerFast")
+    shutil.copyfile(PROCESSING_FILE, out_dir / "processing_ofa.py")
+    return sorted(set(_listing(out_dir)) - before | {"processing_ofa.py"})
+
+
+def _listing(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir()] if folder.is_dir() else []
+
+
+def _save_with_auto_map(processor, out_dir: Path, module: str, processor_class: str, image_class: str, tokenizer_class: str):
+    """save_pretrained, then point the Auto classes at the module copied beside the weights."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(str(out_dir))
+    image_config = {
+        **processor.image_processor.to_dict(),
+        "image_processor_type": image_class,
+        "processor_class": processor_class,
+        "auto_map": {"AutoImageProcessor": f"{module}.{image_class}", "AutoProcessor": f"{module}.{processor_class}"},
+    }
+    _update_json(out_dir / "preprocessor_config.json", **image_config)
+    _update_json(
+        out_dir / "tokenizer_config.json",
+        tokenizer_class=tokenizer_class,
+        processor_class=processor_class,
+        auto_map={"AutoTokenizer": [None, f"{module}.{tokenizer_class}"], "AutoProcessor": f"{module}.{processor_class}"},
+    )
+    # transformers 5 reads a processor's image processor from processor_config.json first
+    _update_json(
+        out_dir / "processor_config.json",
+        image_processor=image_config,
+        processor_class=processor_class,
+        auto_map={"AutoProcessor": f"{module}.{processor_class}"},
+    )
+
+
+def _update_json(path: Path, **entries) -> None:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.update(entries)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")

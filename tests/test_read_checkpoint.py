@@ -1,0 +1,75 @@
+"""The safe reader: allowlisted weights_only loading, lazy tensors, one clear error per kind of bad file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from hfport.errors import CheckpointError, UnsafeCheckpointError
+from hfport.read.torch_file import load_checkpoint
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_fairseq_checkpoint_loads_without_fairseq_and_keeps_its_namespace(shared_root):
+    checkpoint = load_checkpoint(shared_root / "fixtures/ofa/ofa-tiny-standard/checkpoint.pt")
+    assert type(checkpoint["cfg"]["model"]).__name__ == "Namespace"
+    assert checkpoint["cfg"]["model"].encoder_layers == 2
+
+
+def test_lightning_checkpoint_loads_with_its_callback_class_allowlisted_by_name(shared_root):
+    checkpoint = load_checkpoint(shared_root / "fixtures/meter/meter-tiny-vqa-lightning/checkpoint.ckpt")
+    (callback_key,) = checkpoint["callbacks"].keys()
+    assert callback_key.__name__ == "PickledClassPlaceholder"
+    assert "optimizer_states" in checkpoint
+
+
+def test_tensors_are_memory_mapped_not_copied_into_ram(shared_root):
+    checkpoint = load_checkpoint(shared_root / "fixtures/ofa/ofa-tiny-fp16-trained/checkpoint.pt")
+    moment = next(iter(checkpoint["last_optimizer_state"]["state"].values()))["exp_avg"]
+    address = moment.data_ptr()
+    mapped = []
+    for line in open("/proc/self/maps"):
+        span, *rest = line.split()
+        if rest and rest[-1].endswith("ofa-tiny-fp16-trained/checkpoint.pt"):
+            low, high = (int(x, 16) for x in span.split("-"))
+            mapped.append(low <= address < high)
+    assert any(mapped), "the optimizer moment does not live in a file mapping of the checkpoint"
+
+
+def test_a_pickle_that_would_run_code_is_refused_naming_the_global(tmp_path):
+    path = tmp_path / "hostile.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": _RunsCode()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"'posix\.system'") as info:
+        load_checkpoint(path)
+    assert "--trust-pickle" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "file is empty"),
+        (b"hello, I am text", "not a torch checkpoint"),
+        (None, "truncated"),
+    ],
+    ids=["empty", "text", "truncated"],
+)
+def test_bad_files_raise_one_clear_checkpoint_error(tmp_path, shared_root, content, message):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        whole = (shared_root / "fixtures/ofa/ofa-tiny-plain/checkpoint.pt").read_bytes()
+        content = whole[: len(whole) // 3]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_file_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "absent.pt")
