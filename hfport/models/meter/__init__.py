@@ -1,0 +1,27 @@
+"""METER model code; copied verbatim into every converted METER folder (imports only torch and transformers)."""
+
+from .configuration_meter import MeterConfig
+from .modeling_meter import (
+    MeterForImageTextMatching,
+    MeterForMaskedLM,
+    MeterForPreTraining,
+    MeterForQuestionAnswering,
+    MeterForVisualEntailment,
+    MeterForVisualReasoning,
+    MeterModel,
+    MeterModelOutput,
+    MeterPreTrainedModel,
+)
+
+__all__ = [
+    "MeterConfig",
+    "MeterPreTrainedModel",
+    "MeterModel",
+    "MeterModelOutput",
+    "MeterForQuestionAnswering",
+    "MeterForImageTextMatching",
+    "MeterForMaskedLM",
+    "MeterForPreTraining",
+    "MeterForVisualReasoning",
+    "MeterForVisualEntailment",
+]
