@@ -1,0 +1,62 @@
+"""`hfport verify FOLDER`: does the converted model compute what the original computes?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hfport.errors import ConfigError, VerificationFailed
+
+
+@click.command("verify")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--golden", type=click.Path(path_type=Path), help="Golden file recorded from the original (hfport record, or a fixture's reference.pt).")
+@click.option("--against", type=click.Path(path_type=Path), help="Original checkpoint to run live (needs --reference-code).")
+@click.option("--reference-code", type=click.Path(path_type=Path), help="The original code checkout (OFA or METER).")
+@click.option("--reference-python", help="Python of the original's own environment (default: this one).")
+@click.option("--bpe-dir", help="OFA live: folder with dict.txt, encoder.json, vocab.bpe.")
+@click.option("--text-config", help="METER live: the text encoder's config.json.")
+@click.option("--vit", help="METER live: the CLIP archive the config names.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Your own image (through the folder's processor).")
+@click.option("--text", help="Your own text (through the folder's tokenizer).")
+@click.option("--tokens", help="Token ids instead of --text, e.g. '0,713,2'.")
+@click.option("--atol", type=float, help="Absolute tolerance (default: by stored dtype: fp32 1e-4 OFA / 1e-5 METER).")
+@click.option("--rtol", type=float, help="Relative tolerance (default 0).")
+@click.option("--check-beam", is_flag=True, help="Require beam-search results to be token-exact too.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default FOLDER/verification.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print the Markdown report (for a model card) on stdout.")
+def command(folder, golden, against, reference_code, reference_python, bpe_dir, text_config, vit, image, text, tokens,
+            atol, rtol, check_beam, report_path, as_json, as_markdown):
+    """Compare a converted folder with the original model, output by output and layer by layer.
+
+    Exit code 0: equivalent within tolerance; 1: it is not (the report names the first diverging layer);
+    2: the inputs could not be used.
+
+    \b
+    Examples:
+      hfport verify ./ofa-tiny-hf --golden reference.pt
+      hfport verify ./ofa-large-hf --against ofa_large.pt --reference-code ~/src/OFA --reference-python ~/fs/bin/python
+      hfport verify ./ofa-large-hf --against ofa_large.pt --reference-code ~/src/OFA --image cat.jpg --text " what does the image describe?"
+    """
+    from hfport.verify.harness import verify_folder
+    from hfport.verify.report import print_summary, report_markdown
+
+    if golden is None and against is None:
+        raise ConfigError("give a reference: --golden FILE or --against CKPT --reference-code DIR")
+    report = verify_folder(folder, golden=golden, against=against, reference_code=reference_code,
+                           reference_python=reference_python, bpe_dir=bpe_dir, text_config=text_config, vit=vit,
+                           image=image, text=text, tokens=tokens, atol=atol, rtol=rtol, check_beam=check_beam,
+                           report_path=report_path)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif as_markdown:
+        click.echo(report_markdown(report))
+    else:
+        print_summary(report)
+    if not report["passed"]:
+        div = report.get("first_divergence")
+        where = f"; first divergence: {div['layer']} ({div['name']})" if div else ""
+        raise VerificationFailed(f"{folder} does not match the reference within atol {report['tolerance']['atol']:g}{where}")
