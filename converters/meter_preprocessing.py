@@ -14,7 +14,6 @@ from pathlib import Path
 from hfport.converters.ofa_preprocessing import _listing, _update_json
 from hfport.errors import ConfigError
 
-PROCESSING_FILE = Path(__file__).resolve().parents[1] / "hfport" / "models" / "meter" / "processing_meter.py"
 
 
 def load_meter_tokenizer(source):
@@ -86,5 +85,5 @@ def save_meter_preprocessing(
                  auto_map={"AutoProcessor": f"{module}.{processor_class}"})
     # the tokenizer is a stock transformers class: AutoTokenizer loads it without remote code
     _update_json(out_dir / "tokenizer_config.json", processor_class=processor_class)
-    shutil.copyfile(PROCESSING_FILE, out_dir / "processing_meter.py")
+    shutil.copyfile(processing_meter.__file__, out_dir / "processing_meter.py")
     return sorted(set(_listing(out_dir)) - before | {"processing_meter.py"})

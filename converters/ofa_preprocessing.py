@@ -17,7 +17,6 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from hfport.errors import ConfigError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary defaults, ids 0..3
-PROCESSING_FILE = Path(__file__).resolve().parents[1] / "hfport" / "models" / "ofa" / "processing_ofa.py"
 
 
 def build_task_dictionary(dict_path: Path, code_dict_size: int, num_bins: int) -> list[str]:
@@ -212,7 +211,7 @@ def save_ofa_preprocessing(
     )
     before = set(_listing(out_dir))
     _save_with_auto_map(processor, out_dir, "processing_ofa", "OFAProcessor", "OFAImageProcessor", "OFATokenizerFast")
-    shutil.copyfile(PROCESSING_FILE, out_dir / "processing_ofa.py")
+    shutil.copyfile(processing_ofa.__file__, out_dir / "processing_ofa.py")
     return sorted(set(_listing(out_dir)) - before | {"processing_ofa.py"})
 
 
