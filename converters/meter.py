@@ -239,8 +239,10 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
             return []
         from hfport.converters.meter_preprocessing import save_meter_preprocessing
 
+        transform = (hp.get("val_transform_keys") or ["clip"])[0]
         return save_meter_preprocessing(folder, tokenizer_source=tokenizer, max_text_len=config.max_text_len,
-                                        image_size=config.image_size)
+                                        image_size=config.image_size, transform=transform,
+                                        vocab_size=config.text_config.vocab_size)
 
     dtype = next(t.dtype for t in state.values() if t.is_floating_point())
     return Prepared(

@@ -227,7 +227,8 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
             written += save_ofa_preprocessing(
                 folder, bpe_dir=bpe_dir, bpe=bpe or task.get("bpe") or "gpt2", vocab_size=config.vocab_size,
                 code_dict_size=int(task.get("code_dict_size", 8192)), num_bins=int(task.get("num_bins", 1000)),
-                patch_image_size=int(patch_image_size or task.get("patch_image_size", 480)))
+                patch_image_size=int(patch_image_size or task.get("patch_image_size", 480)),
+                max_src_length=task.get("max_src_length"), max_source_positions=config.max_source_positions)
         return written
 
     return Prepared(
@@ -251,7 +252,7 @@ def _write_generation_config(folder: Path, config) -> str:
     generation = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
         decoder_start_token_id=config.decoder_start_token_id, suppress_tokens=[config.pad_token_id],
-        num_beams=5, max_length=min(config.max_target_positions, 64),
+        num_beams=5, max_new_tokens=min(config.max_target_positions, 32),
     )
     generation.save_pretrained(folder)
     return "generation_config.json"

@@ -9,9 +9,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HFPORT_SHARED", REPO.parent / "shared"))
-OFA_FIXTURE_NAMES = ("ofa-tiny-standard", "ofa-tiny-fp16-trained", "ofa-tiny-plain")
-METER_FIXTURE_NAMES = ("meter-tiny-vqa-lightning", "meter-tiny-pretrain-released-style", "meter-tiny-nlvr2",
-                       "meter-tiny-irtr", "meter-tiny-snli")
+
+
+def _discover(family: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """Every fixture set in the shared folder (new ones join the tests automatically)."""
+    folder = SHARED / "fixtures" / family
+    found = tuple(sorted(p.name for p in folder.iterdir() if (p / "reference.pt").is_file())) if folder.is_dir() else ()
+    return found or known  # absent: the known names, whose tests then fail loudly through shared_root
+
+
+OFA_FIXTURE_NAMES = _discover("ofa", ("ofa-tiny-standard", "ofa-tiny-fp16-trained", "ofa-tiny-plain"))
+METER_FIXTURE_NAMES = _discover("meter", ("meter-tiny-vqa-lightning", "meter-tiny-pretrain-released-style",
+                                          "meter-tiny-nlvr2", "meter-tiny-irtr", "meter-tiny-snli"))
 
 
 def _require_shared() -> Path:
@@ -24,14 +33,6 @@ def _require_shared() -> Path:
 @pytest.fixture(scope="session")
 def shared_root() -> Path:
     return _require_shared()
-
-
-def ofa_fixture_dirs() -> list[Path]:
-    return [SHARED / "fixtures" / "ofa" / name for name in OFA_FIXTURE_NAMES]
-
-
-def meter_fixture_dirs() -> list[Path]:
-    return [SHARED / "fixtures" / "meter" / name for name in METER_FIXTURE_NAMES]
 
 
 @pytest.fixture(scope="session")

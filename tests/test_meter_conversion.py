@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import METER_FIXTURE_NAMES
-from helpers import load_in_fresh_process
+from helpers import load_in_fresh_process, run_cli
 from hfport.converters import convert_checkpoint
 from hfport.converters.pipeline import export_folder
 from hfport.errors import ConfigError
@@ -79,3 +79,18 @@ def test_a_checkpoint_with_heads_for_several_tasks_needs_head_and_drops_the_rest
     with pytest.raises(ConfigError, match="needs nlvr2_classifier"):
         convert_checkpoint(source / "checkpoint.ckpt", tmp_path / "nlvr2", head="nlvr2",
                            text_config=source / "text_config.json")
+
+
+@pytest.mark.parametrize("name", METER_FIXTURE_NAMES)
+def test_fresh_process_verification_matches_every_recorded_output_and_layer(name, converted_fixtures, shared_root,
+                                                                           tmp_path):
+    report_path = tmp_path / "report.json"
+    golden = shared_root / "fixtures/meter" / name / "reference.pt"
+    result = run_cli(["verify", converted_fixtures(name), "--golden", golden, "--report", report_path], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    reference = torch.load(golden, weights_only=True)
+    heads = [k for k in reference["outputs"] if k.endswith(("_logits", "_scores")) or k.startswith("nlvr2")]
+    compared = {o["name"] for o in report["outputs"]}
+    assert set(heads) <= compared and any(n.startswith("fusion_image_layers") for n in compared)
+    assert all(o["passed"] and o["max_abs"] <= 1e-5 for o in report["outputs"])

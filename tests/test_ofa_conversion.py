@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import OFA_FIXTURE_NAMES
-from helpers import load_in_fresh_process
+from helpers import load_in_fresh_process, run_cli
 from hfport.converters import convert_checkpoint
 from hfport.converters.pipeline import export_folder
 from hfport.read.torch_file import load_checkpoint
@@ -84,3 +84,23 @@ def test_generation_config_starts_from_bos_and_never_emits_pad(converted_fixture
     generation = json.loads((converted_fixtures("ofa-tiny-standard") / "generation_config.json").read_text())
     assert generation["decoder_start_token_id"] == 0 and generation["eos_token_id"] == 2
     assert generation["suppress_tokens"] == [1]
+
+
+@pytest.mark.parametrize("name", OFA_FIXTURE_NAMES)
+def test_fresh_process_verification_matches_upstream_logits_hidden_states_and_greedy_tokens(
+        name, converted_fixtures, shared_root, tmp_path):
+    """The folder is loaded through transformers' Auto classes in a new interpreter and fed the recorded inputs."""
+    report_path = tmp_path / "report.json"
+    result = run_cli(["verify", converted_fixtures(name), "--golden",
+                      shared_root / "fixtures/ofa" / name / "reference.pt", "--report", report_path], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    compared = {(o["name"], o["set"]) for o in report["outputs"]}
+    reference = torch.load(shared_root / "fixtures/ofa" / name / "reference.pt", weights_only=True)
+    for set_name in ("inputs", "inputs_masked"):
+        layers = len(reference["outputs"]["decoder_inner_states"])
+        assert ("logits", set_name) in compared and (f"decoder_inner_states.{layers - 1}", set_name) in compared
+        assert (f"encoder_hidden_states.{len(reference['outputs']['encoder_hidden_states']) - 1}", set_name) in compared
+    assert all(o["passed"] and o["max_abs"] <= 1e-4 for o in report["outputs"])
+    greedy = {g["name"]: g["exact"] for g in report["generation"]}
+    assert greedy["greedy"] and greedy["greedy_masked"]

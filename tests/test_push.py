@@ -23,8 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
-from hfport.push.model_card import auto_class_for, pipeline_tag_for, verification_markdown
+from hfport.push.model_card import auto_class_for, pipeline_tag_for
 from hfport.push.publish import plan_push
+from hfport.verify.report import report_markdown
+
+from conftest import SHARED
 
 try:
     from .hub_server import FakeHub, git_blob_sha1
@@ -44,79 +47,19 @@ class ConvertedFolder:
     output: str  # the output compared between the local folder and the Hub copy
 
 
-_TINY_CONFIG = '''
-from transformers import PreTrainedConfig
-
-
-class TinyPortConfig(PreTrainedConfig):
-    model_type = "tinyport"
-
-    def __init__(self, vocab_size=40, hidden_size=24, **kwargs):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        super().__init__(**kwargs)
-'''
-
-_TINY_MODELING = '''
-import torch
-from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
-
-from .configuration_tinyport import TinyPortConfig
-
-
-class TinyPortForCausalLM(PreTrainedModel):
-    config_class = TinyPortConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.mix = nn.Linear(config.hidden_size, config.hidden_size)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
-        self.post_init()
-
-    def forward(self, input_ids):
-        return CausalLMOutput(logits=self.head(torch.tanh(self.mix(self.embed(input_ids)))))
-'''
-
-
 def make_converted_folder(tmp_path: Path) -> ConvertedFolder:
-    """A folder shaped like `hfport convert` output (remote code, sharded safetensors, hfport.json, a passing
-    verification.json), holding a tiny seeded model. The only model-specific function in this file."""
-    from huggingface_hub import save_torch_state_dict
+    """The real pipeline's output for an upstream OFA fixture: converted with small shards (several LFS files),
+    verified against its golden file (a passing verification.json). The only model-specific function here."""
+    from hfport.converters import convert_checkpoint
+    from hfport.verify.harness import verify_folder
 
-    folder = tmp_path / "tiny-port-hf"
-    folder.mkdir()
-    (folder / "configuration_tinyport.py").write_text(_TINY_CONFIG)
-    (folder / "modeling_tinyport.py").write_text(_TINY_MODELING)
-    config = {
-        "model_type": "tinyport", "architectures": ["TinyPortForCausalLM"], "vocab_size": 40, "hidden_size": 24,
-        "auto_map": {"AutoConfig": "configuration_tinyport.TinyPortConfig",
-                     "AutoModelForCausalLM": "modeling_tinyport.TinyPortForCausalLM"},
-        "dtype": "float32",
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    generator = torch.Generator().manual_seed(0)
-    weights = {
-        "embed.weight": torch.randn(40, 24, generator=generator),
-        "mix.weight": torch.randn(24, 24, generator=generator) / 5, "mix.bias": torch.randn(24, generator=generator),
-        "head.weight": torch.randn(40, 24, generator=generator), "head.bias": torch.randn(40, generator=generator),
-    }
-    save_torch_state_dict(weights, folder, max_shard_size="4KB")  # shards + index, like a big model
-    provenance = {
-        "schema": "hfport.provenance/1", "family": "ofa", "hfport_version": "0.1.0",
-        "source": {"file": "tiny_port.pt", "sha256": hashlib.sha256(b"tiny").hexdigest(), "size": 12345,
-                   "format": "fairseq"},
-        "mapping": {"file": "ofa.toml", "sha256": hashlib.sha256(b"mapping").hexdigest(), "version": 1},
-        "model_class": "TinyPortForCausalLM", "task": "caption", "stored_dtype": "float32",
-        "source_dtype": "float16", "hyper_parameters": {"encoder_layers": 1, "encoder_embed_dim": 24},
-        "dropped": {"encoder.version": "fairseq bookkeeping, no weights"}, "created": "2026-01-01T00:00:00Z",
-    }
-    (folder / "hfport.json").write_text(json.dumps(provenance, indent=2))
-    (folder / "verification.json").write_text(json.dumps(passing_report()))
-    inputs = {"input_ids": torch.tensor([[1, 5, 7, 2], [3, 9, 0, 39]])}
-    return ConvertedFolder(folder, "AutoModelForCausalLM", inputs, "logits")
+    fixture = SHARED / "fixtures" / "ofa" / "ofa-tiny-plain"
+    folder = convert_checkpoint(fixture / "checkpoint.pt", tmp_path / "ofa-tiny-plain-hf", max_shard_size="4MB")
+    assert verify_folder(folder, golden=fixture / "reference.pt")["passed"]
+    recorded = torch.load(fixture / "reference.pt", weights_only=True)["inputs"]
+    inputs = {"input_ids": recorded["src_tokens"], "patch_images": recorded["patch_images"],
+              "patch_masks": recorded["patch_masks"], "decoder_input_ids": recorded["prev_output_tokens"]}
+    return ConvertedFolder(folder, "AutoModelForSeq2SeqLM", inputs, "logits")
 
 
 def passing_report(passed: bool = True) -> dict:
@@ -137,7 +80,7 @@ def passing_report(passed: bool = True) -> dict:
 
 # -- fixtures --------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> ConvertedFolder:
+def converted(tmp_path_factory, shared_root) -> ConvertedFolder:
     return make_converted_folder(tmp_path_factory.mktemp("converted"))
 
 
@@ -188,7 +131,9 @@ def test_push_makes_exactly_one_commit_holding_every_file_and_the_card(converted
     assert f"{hub.url}/{REPO_ID}/commit/{pushed.oid}" in result.stdout
     card = pushed.files["README.md"].content.decode()
     assert "library_name: transformers" in card and "pipeline_tag: image-to-text" in card
-    assert "| `logits` | inputs | 2×4×40 | 1.50e-06 |" in card
+    logits = next(o for o in json.loads((converted.path / "verification.json").read_text())["outputs"]
+                  if o["name"] == "logits" and o["set"] == "inputs")
+    assert f"| `logits` | inputs | 2×5×77 | {logits['max_abs']:.2e} |" in card and "✅ pass" in card
     for text in (result.stdout, result.stderr, card):
         assert TOKEN not in text
 
@@ -432,8 +377,8 @@ def test_server_resolves_url_encoded_pull_request_revisions(hub):
 
 
 # -- the card --------------------------------------------------------------------------------------------------------
-def test_verification_markdown_has_one_row_per_output_with_its_numbers():
-    markdown = verification_markdown(passing_report(passed=False))
+def test_report_markdown_has_one_row_per_output_with_its_numbers():
+    markdown = report_markdown(passing_report(passed=False))
     assert markdown.startswith("**Verification FAILED**")
     assert "| `logits` | inputs | 2×4×40 | 3.70e-01 | 2.00e-07 | 3.00e-06 | 1.000000 | 1.000 | 1.000 | 3.70e-01 " \
            "| 1.00e-04 | ❌ FAIL |" in markdown
@@ -442,16 +387,16 @@ def test_verification_markdown_has_one_row_per_output_with_its_numbers():
     divergence = {"name": "decoder_inner_states.1", "set": "inputs_masked", "layer": "decoder layer 1",
                   "max_abs": 0.37}
     assert ("First diverging intermediate output: `decoder_inner_states.1` (decoder layer 1, inputs inputs_masked, "
-            "max abs 3.70e-01)") in verification_markdown(dict(passing_report(False), first_divergence=divergence))
+            "max abs 3.70e-01)") in report_markdown(dict(passing_report(False), first_divergence=divergence))
 
 
-def test_verification_markdown_collapses_per_layer_outputs_into_their_worst_row():
+def test_report_markdown_collapses_per_layer_outputs_into_their_worst_row():
     report = passing_report()
     layer = dict(report["outputs"][0], shape=[2, 7, 64], max_abs=1e-6, min_atol_to_pass=1e-6)
     report["outputs"] = [dict(layer, name="encoder_hidden_states.0"), dict(layer, name="encoder_hidden_states.1",
                                                                        max_abs=4e-6, cosine=0.99999)]
     report["generation"].append({"name": "beam5", "set": "inputs", "exact": False, "required": False})
-    markdown = verification_markdown(report)
+    markdown = report_markdown(report)
     assert "| `encoder_hidden_states.*` (2) | inputs | 2×7×64 | 4.00e-06 |" in markdown
     assert "0.999990" in markdown and "| beam5 | inputs | no | ⚠️ differs (informational) |" in markdown
     assert "failed" not in markdown.splitlines()[0]

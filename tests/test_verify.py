@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import METER_FIXTURE_NAMES, OFA_FIXTURE_NAMES, SHARED
 from hfport.cli import main as cli_main
 from hfport.verify.compare import compare_tensors
 from hfport.verify.golden import load_golden
@@ -18,20 +19,8 @@ from hfport.verify.probes import meter_probes, ofa_probes
 from hfport.verify.report import REQUIRED_KEYS, SCHEMA, report_markdown
 
 
-def _shared_root() -> Path:
-    root = Path(__file__).resolve().parents[1].parent / "shared"
-    if not (root / "fixtures").is_dir():
-        pytest.fail(f"shared fixtures not found at {root}")
-    return root
-
-
-def _fixtures(family: str) -> list[str]:
-    base = _shared_root() / "fixtures" / family
-    return sorted(p.name for p in base.iterdir() if (p / "reference.pt").is_file())
-
-
-OFA_FIXTURES = _fixtures("ofa")
-METER_FIXTURES = _fixtures("meter")
+OFA_FIXTURES = OFA_FIXTURE_NAMES
+METER_FIXTURES = METER_FIXTURE_NAMES
 
 
 # ---- statistics ----
@@ -129,7 +118,7 @@ def test_first_divergence_is_earliest_in_computation_order_not_in_result_order()
 # ---- golden files ----
 
 def test_ofa_fixture_golden_reads_as_two_sets_with_ordered_traces_and_four_generations():
-    g = load_golden(_shared_root() / "fixtures/ofa/ofa-tiny-standard/reference.pt")
+    g = load_golden(SHARED / "fixtures/ofa/ofa-tiny-standard/reference.pt")
     assert g.family == "ofa" and list(g.sets) == ["inputs", "inputs_masked"]
     assert g.order[0] == "encoder_position_embeddings" and g.order[-1] == "logits"
     assert g.order.index("encoder_padding_mask") < g.order.index("decoder_inner_states.0")
@@ -138,7 +127,7 @@ def test_ofa_fixture_golden_reads_as_two_sets_with_ordered_traces_and_four_gener
 
 
 def test_meter_nlvr2_golden_orders_both_passes_then_the_pair_head():
-    g = load_golden(_shared_root() / "fixtures/meter/meter-tiny-nlvr2/reference.pt")
+    g = load_golden(SHARED / "fixtures/meter/meter-tiny-nlvr2/reference.pt")
     order = g.order
     assert g.family == "meter" and order[0] == "text_embeddings_0" and order[-1] == "nlvr2_logits"
     assert order.index("fusion_text_layers_0.1") == order.index("fusion_image_layers_0.0") + 1
@@ -190,35 +179,24 @@ def _report(passed: bool) -> dict:
 
 def test_markdown_report_is_an_embeddable_table_with_the_verdict():
     md = report_markdown(_report(False))
-    assert md.startswith("### Numerical verification: FAILED")
-    assert "| `logits` | inputs | 0.2 |" in md
-    assert "| greedy | inputs | yes | required |" in md
-    assert "First divergence: **output projection (head)**" in md
-    assert "PASSED" in report_markdown(_report(True))
+    assert md.startswith("**Verification FAILED**")
+    assert "| `logits` | inputs | " in md and "| 2.00e-01 |" in md and "❌ FAIL" in md
+    assert "| `encoder_hidden_states.*` | inputs |" in md  # per-layer rows are grouped under one name
+    assert "| greedy | inputs | yes | ✅ pass |" in md
+    assert "First diverging intermediate output: `logits` (output projection (head)" in md
+    assert report_markdown(_report(True)).startswith("**Verification PASSED**")
 
 
 # ---- end to end on the shared fixtures (needs the converter) ----
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """One conversion per fixture per session, made on first use."""
-    from hfport.converters import convert_checkpoint
-
-    made: dict[str, Path] = {}
-
-    def get(family: str, name: str) -> Path:
-        if name not in made:
-            src = _shared_root() / "fixtures" / family / name
-            ckpt = src / ("checkpoint.pt" if family == "ofa" else "checkpoint.ckpt")
-            opts = {"text_config": str(src / "text_config.json")} if family == "meter" else {}
-            made[name] = convert_checkpoint(ckpt, tmp_path_factory.mktemp("conv") / name, **opts)
-        return made[name]
-
-    return get
+@pytest.fixture
+def converted(converted_fixtures):
+    """One conversion per fixture per session (conftest), made on first use."""
+    return lambda family, name: converted_fixtures(name)
 
 
 def _reference(family: str, name: str) -> Path:
-    return _shared_root() / "fixtures" / family / name / "reference.pt"
+    return SHARED / "fixtures" / family / name / "reference.pt"
 
 
 @pytest.mark.parametrize("name", OFA_FIXTURES)

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import OFA_FIXTURE_NAMES, SHARED
 import torch
 
 from hfport.verify.golden import load_golden
@@ -26,18 +28,11 @@ needs_meter = pytest.mark.skipif(not METER_ROOT, reason="needs METER_ROOT (a MET
 pytestmark = pytest.mark.live
 
 
-def _shared_root() -> Path:
-    root = Path(__file__).resolve().parents[1].parent / "shared"
-    if not (root / "fixtures").is_dir():
-        pytest.fail(f"shared fixtures not found at {root}")
-    return root
-
-
 def _fixture(family: str, name: str) -> Path:
-    return _shared_root() / "fixtures" / family / name
+    return SHARED / "fixtures" / family / name
 
 
-OFA_FIXTURES = ["ofa-tiny-standard", "ofa-tiny-fp16-trained", "ofa-tiny-plain"]
+OFA_FIXTURES = OFA_FIXTURE_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -36,33 +35,6 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per output; per-layer entries (`name.i`) of one set collapse into one row with the worst figures."""
-    groups: "OrderedDict[tuple[str, str], list[dict]]" = OrderedDict()
-    for r in report["outputs"]:
-        base, dot, _ = r["name"].partition(".")
-        groups.setdefault((base + (".*" if dot else ""), r["set"]), []).append(r)
-    rows = []
-    for (name, set_name), items in groups.items():
-        def worst(key, pick=max):
-            values = [i.get(key) for i in items if i.get(key) is not None]
-            return pick(values) if values else None
-        failed = [i for i in items if not i["passed"]]
-        rows.append({
-            "name": name if len(items) == 1 else f"{name} ({len(items)})",
-            "set": set_name,
-            "max_abs": worst("max_abs"),
-            "mean_abs": worst("mean_abs"),
-            "cosine": worst("cosine", min),
-            "argmax_agree": worst("argmax_agree", min),
-            "top5_overlap": worst("top5_overlap", min),
-            "min_atol_to_pass": worst("min_atol_to_pass"),
-            "passed": not failed,
-            "error": next((i.get("error") for i in failed if i.get("error")), None),
-        })
-    return rows
-
-
 def _reference_line(report: dict[str, Any]) -> str:
     ref = report["reference"]
     sha = (ref.get("sha256") or "")[:12]
@@ -70,36 +42,117 @@ def _reference_line(report: dict[str, Any]) -> str:
     return f"{what} `{os.path.basename(str(ref.get('path', '')))}`" + (f" (sha256 {sha}…)" if sha else "")
 
 
-def report_markdown(report: dict[str, Any]) -> str:
-    """A Markdown section a model card can embed."""
-    tol = report["tolerance"]
-    env = report.get("environment", {})
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    lines = [
-        f"### Numerical verification: {verdict}",
-        "",
-        f"Converted model compared with the {_reference_line(report)}, computed in fp32; tolerance atol "
-        f"{_fmt(tol['atol'])}" + (f", rtol {_fmt(tol['rtol'])}" if tol.get("rtol") else "")
-        + f" ({tol['policy']} policy). hfport {report['hfport_version']}, torch {env.get('torch', '?')}, "
-        f"transformers {env.get('transformers', '?')}.",
-        "",
-        "| output | inputs | max abs diff | mean abs diff | cosine | argmax agree | top-5 overlap | smallest passing atol | result |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in summary_rows(report):
-        result = "pass" if row["passed"] else ("FAIL: " + row["error"] if row["error"] else "FAIL")
-        lines.append(
-            f"| `{row['name']}` | {row['set']} | {_fmt(row['max_abs'])} | {_fmt(row['mean_abs'])} | {_fmt(row['cosine'])} "
-            f"| {_fmt(row['argmax_agree'])} | {_fmt(row['top5_overlap'])} | {_fmt(row['min_atol_to_pass'])} | {result} |")
-    if report.get("generation"):
-        lines += ["", "| generation | inputs | token-exact | checked |", "|---|---|---|---|"]
-        for g in report["generation"]:
-            lines.append(f"| {g['name']} | {g['set']} | {_fmt(g['exact'])} | {'required' if g.get('required') else 'informational'} |")
-    div = report.get("first_divergence")
-    if div:
-        lines += ["", f"First divergence: **{div['layer']}** (`{div['name']}`, inputs `{div['set']}`"
-                  + (f", max abs diff {_fmt(div.get('max_abs'))}" if div.get("max_abs") is not None else "") + ")."]
-    return "\n".join(lines) + "\n"
+def _num(value: Any, fmt: str = ".2e") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return format(value, fmt)
+    return markdown_cell(value)
+
+
+def markdown_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _verdict(passed: Any) -> str:
+    return "✅ pass" if passed else "❌ FAIL"
+
+
+def grouped_rows(outputs: list[dict]) -> list[dict]:
+    """One row per output and input set; per-layer entries (`name.{i}`) collapse into one with the worst figures."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for o in outputs:
+        base, dotted, _ = str(o.get("name", "?")).partition(".")
+        groups.setdefault((base + (".*" if dotted else ""), str(o.get("set", ""))), []).append(o)
+    rows = []
+    for (name, set_name), items in groups.items():
+        def worst(key: str, pick=max):
+            values = [i[key] for i in items if isinstance(i.get(key), (int, float))]
+            return pick(values) if values else None
+
+        shapes = {tuple(i.get("shape") or ()) for i in items}
+        failed = [i for i in items if not i.get("passed")]
+        rows.append({
+            "name": name, "count": len(items), "set": set_name,
+            "shape": ("×".join(map(str, next(iter(shapes)))) or "scalar") if len(shapes) == 1 else "various",
+            "max_abs": worst("max_abs"), "mean_abs": worst("mean_abs"), "max_rel": worst("max_rel"),
+            "cosine": worst("cosine", min), "argmax_agree": worst("argmax_agree", min),
+            "top5_overlap": worst("top5_overlap", min), "min_atol_to_pass": worst("min_atol_to_pass"),
+            "atol": worst("atol"), "passed": not failed,
+            "error": next((i.get("error") for i in failed if i.get("error")), None),
+        })
+    return rows
+
+
+def report_markdown(report: dict) -> str:
+    """Render a `hfport.verify/1` report: a one-line verdict, an output table, generation, first divergence."""
+    outputs = grouped_rows(report.get("outputs") or [])
+    generation = report.get("generation") or []
+    reference = report.get("reference") or {}
+    tolerance = report.get("tolerance") or {}
+    environment = report.get("environment") or {}
+
+    # a generation check without `required` counts as required: a card must not understate a failure
+    failed = sum(1 for o in outputs if not o["passed"])
+    failed += sum(1 for g in generation if not g.get("exact") and g.get("required", True))
+    verdict = "PASSED" if report.get("passed") else "FAILED"
+    checks = f"{len(outputs)} output(s) and {len(generation)} generation check(s)"
+    against = f"the {reference.get('kind', 'reference')} reference"
+    if reference.get("path"):
+        against += f" `{str(reference['path']).replace(chr(92), '/').rsplit('/', 1)[-1]}`"
+    if reference.get("sha256"):
+        against += f" (sha256 `{reference['sha256'][:12]}…`)"
+    policy = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in tolerance.items())
+    lines = [f"**Verification {verdict}**: {checks} compared with {against}"
+             + (f", tolerance {policy}" if policy else "") + (f"; {failed} failed" if failed else "") + "."]
+
+    if outputs:
+        lines += ["", "| output | inputs | shape | max abs | mean abs | max rel | cosine | argmax agree "
+                      "| top-5 overlap | smallest passing atol | atol | result |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for o in outputs:
+            result = _verdict(o["passed"]) + (f": {markdown_cell(o['error'])}" if o["error"] else "")
+            atol = o["atol"] if o["atol"] is not None else tolerance.get("atol")
+            label = f"`{markdown_cell(o['name'])}`" + (f" ({o['count']})" if o["count"] > 1 else "")
+            lines.append(
+                f"| {label} | {markdown_cell(o['set'])} | {o['shape']} | {_num(o['max_abs'])} "
+                f"| {_num(o['mean_abs'])} | {_num(o['max_rel'])} | {_num(o['cosine'], '.6f')} "
+                f"| {_num(o['argmax_agree'], '.3f')} | {_num(o['top5_overlap'], '.3f')} "
+                f"| {_num(o['min_atol_to_pass'])} | {_num(atol)} "
+                f"| {result} |")
+
+    if generation:
+        lines += ["", "| generation | inputs | token-exact | result |", "|---|---|---|---|"]
+        for g in generation:
+            if g.get("exact"):
+                result = "✅ pass"
+            else:
+                result = "❌ FAIL" if g.get("required", True) else "⚠️ differs (informational)"
+            lines.append(f"| {markdown_cell(g.get('name'))} | {markdown_cell(g.get('set', ''))} | {_num(g.get('exact'))} "
+                         f"| {result} |")
+
+    divergence = report.get("first_divergence")
+    if divergence:
+        if isinstance(divergence, dict):
+            name = divergence.get("name") or "?"
+            details = [f"{divergence['layer']}" if divergence.get("layer") else None,
+                       f"inputs {divergence['set']}" if divergence.get("set") else None,
+                       f"max abs {_num(divergence['max_abs'])}" if divergence.get("max_abs") is not None else None]
+            details = [d for d in details if d]
+            suffix = f" ({', '.join(map(markdown_cell, details))})" if details else ""
+            lines += ["", f"First diverging intermediate output: `{markdown_cell(name)}`{suffix}"]
+        else:
+            lines += ["", f"First diverging intermediate output: `{markdown_cell(divergence)}`"]
+
+    footer = [f"hfport {report['hfport_version']}" if report.get("hfport_version") else None]
+    footer += [f"{k} {v}" for k, v in environment.items()]
+    footer.append(f"{report['seconds']:.1f} s" if isinstance(report.get("seconds"), (int, float)) else None)
+    footer = [part for part in footer if part]
+    if footer:
+        lines += ["", f"<sub>Measured with {', '.join(footer)}.</sub>"]
+    return "\n".join(lines)
 
 
 def print_summary(report: dict[str, Any], console: Any = None) -> None:
@@ -114,9 +167,10 @@ def print_summary(report: dict[str, Any], console: Any = None) -> None:
     table = Table(title=f"hfport verify: {report['model']}", title_justify="left")
     for col in ("output", "inputs", "max abs", "mean abs", "cosine", "argmax", "min atol", ""):
         table.add_column(col, justify="left" if col in ("output", "inputs") else "right")
-    for row in summary_rows(report):
+    for row in grouped_rows(report.get("outputs") or []):
         mark = "[green]ok[/green]" if row["passed"] else "[red]FAIL[/red]"
-        table.add_row(row["name"], row["set"], _fmt(row["max_abs"]), _fmt(row["mean_abs"]), _fmt(row["cosine"]),
+        label = row["name"] + (f" ({row['count']})" if row["count"] > 1 else "")
+        table.add_row(label, row["set"], _fmt(row["max_abs"]), _fmt(row["mean_abs"]), _fmt(row["cosine"]),
                       _fmt(row["argmax_agree"]), _fmt(row["min_atol_to_pass"]), mark)
     console.print(table)
     for g in report.get("generation", []):

@@ -52,7 +52,7 @@ def run_ofa(processor, model, image, text, task, num_beams, max_length) -> dict:
         sequences = model.generate(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
             patch_images=inputs["patch_images"], patch_masks=inputs["patch_masks"],
-            num_beams=num_beams, max_length=max_length + 1, do_sample=False,  # + the decoder's start token
+            num_beams=num_beams, max_new_tokens=max_length, do_sample=False,
         )
     ids = [int(i) for i in sequences[0]]
     if ids and ids[0] == model.config.decoder_start_token_id:

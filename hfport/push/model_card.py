@@ -1,6 +1,6 @@
 """The model card pushed with a converted folder: metadata, usage, verification table, provenance.
 
-`verification_markdown(report)` renders a `hfport.verify/1` report as Markdown; `build_model_card(...)`
+`report_markdown(report)` renders a `hfport.verify/1` report as Markdown; `build_model_card(...)`
 assembles the whole README.md from a converted folder's `config.json` and `hfport.json`.
 """
 
@@ -10,6 +10,8 @@ import json
 from typing import Any, Literal
 
 from huggingface_hub import ModelCard, ModelCardData
+
+from hfport.verify.report import markdown_cell, report_markdown
 
 VerificationStatus = Literal["passed", "failed", "missing"]
 
@@ -46,124 +48,11 @@ PIPELINE_TAGS = [
     ("meter", ("vqa", "question"), "visual-question-answering"),
     ("meter", ("irtr", "retrieval", "itm", "matching"), "zero-shot-image-classification"),
     ("meter", ("nlvr", "reasoning", "snli", "entail"), "visual-question-answering"),
+    ("meter", ("fill-mask", "maskedlm"), "fill-mask"),
     ("meter", (), "feature-extraction"),  # pre-trained METER (MLM + ITM heads)
 ]
 
 _NOT_MODEL_AUTO_CLASSES = {"AutoConfig", "AutoTokenizer", "AutoProcessor", "AutoImageProcessor", "AutoFeatureExtractor"}
-
-
-# -- verification report ---------------------------------------------------------------------------------------
-def _num(value: Any, fmt: str = ".2e") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        return format(value, fmt)
-    return _cell(value)
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _verdict(passed: Any) -> str:
-    return "✅ pass" if passed else "❌ FAIL"
-
-
-def _grouped_outputs(outputs: list[dict]) -> list[dict]:
-    """One row per output and input set; per-layer entries (`name.{i}`) collapse into one with the worst figures."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for o in outputs:
-        base, dotted, _ = str(o.get("name", "?")).partition(".")
-        groups.setdefault((base + (".*" if dotted else ""), str(o.get("set", ""))), []).append(o)
-    rows = []
-    for (name, set_name), items in groups.items():
-        def worst(key: str, pick=max):
-            values = [i[key] for i in items if isinstance(i.get(key), (int, float))]
-            return pick(values) if values else None
-
-        shapes = {tuple(i.get("shape") or ()) for i in items}
-        failed = [i for i in items if not i.get("passed")]
-        rows.append({
-            "name": name, "count": len(items), "set": set_name,
-            "shape": ("×".join(map(str, next(iter(shapes)))) or "scalar") if len(shapes) == 1 else "various",
-            "max_abs": worst("max_abs"), "mean_abs": worst("mean_abs"), "max_rel": worst("max_rel"),
-            "cosine": worst("cosine", min), "argmax_agree": worst("argmax_agree", min),
-            "top5_overlap": worst("top5_overlap", min), "min_atol_to_pass": worst("min_atol_to_pass"),
-            "atol": worst("atol"), "passed": not failed,
-            "error": next((i.get("error") for i in failed if i.get("error")), None),
-        })
-    return rows
-
-
-def verification_markdown(report: dict) -> str:
-    """Render a `hfport.verify/1` report: a one-line verdict, an output table, generation, first divergence."""
-    outputs = _grouped_outputs(report.get("outputs") or [])
-    generation = report.get("generation") or []
-    reference = report.get("reference") or {}
-    tolerance = report.get("tolerance") or {}
-    environment = report.get("environment") or {}
-
-    # a generation check without `required` counts as required: a card must not understate a failure
-    failed = sum(1 for o in outputs if not o["passed"])
-    failed += sum(1 for g in generation if not g.get("exact") and g.get("required", True))
-    verdict = "PASSED" if report.get("passed") else "FAILED"
-    checks = f"{len(outputs)} output(s) and {len(generation)} generation check(s)"
-    against = f"the {reference.get('kind', 'reference')} reference"
-    if reference.get("path"):
-        against += f" `{str(reference['path']).replace(chr(92), '/').rsplit('/', 1)[-1]}`"
-    if reference.get("sha256"):
-        against += f" (sha256 `{reference['sha256'][:12]}…`)"
-    policy = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in tolerance.items())
-    lines = [f"**Verification {verdict}**: {checks} compared with {against}"
-             + (f", tolerance {policy}" if policy else "") + (f"; {failed} failed" if failed else "") + "."]
-
-    if outputs:
-        lines += ["", "| output | inputs | shape | max abs | mean abs | max rel | cosine | argmax agree "
-                      "| top-5 overlap | smallest passing atol | atol | result |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for o in outputs:
-            result = _verdict(o["passed"]) + (f": {_cell(o['error'])}" if o["error"] else "")
-            atol = o["atol"] if o["atol"] is not None else tolerance.get("atol")
-            label = f"`{_cell(o['name'])}`" + (f" ({o['count']})" if o["count"] > 1 else "")
-            lines.append(
-                f"| {label} | {_cell(o['set'])} | {o['shape']} | {_num(o['max_abs'])} "
-                f"| {_num(o['mean_abs'])} | {_num(o['max_rel'])} | {_num(o['cosine'], '.6f')} "
-                f"| {_num(o['argmax_agree'], '.3f')} | {_num(o['top5_overlap'], '.3f')} "
-                f"| {_num(o['min_atol_to_pass'])} | {_num(atol)} "
-                f"| {result} |")
-
-    if generation:
-        lines += ["", "| generation | inputs | token-exact | result |", "|---|---|---|---|"]
-        for g in generation:
-            if g.get("exact"):
-                result = "✅ pass"
-            else:
-                result = "❌ FAIL" if g.get("required", True) else "⚠️ differs (informational)"
-            lines.append(f"| {_cell(g.get('name'))} | {_cell(g.get('set', ''))} | {_num(g.get('exact'))} "
-                         f"| {result} |")
-
-    divergence = report.get("first_divergence")
-    if divergence:
-        if isinstance(divergence, dict):
-            name = divergence.get("name") or "?"
-            details = [f"{divergence['layer']}" if divergence.get("layer") else None,
-                       f"inputs {divergence['set']}" if divergence.get("set") else None,
-                       f"max abs {_num(divergence['max_abs'])}" if divergence.get("max_abs") is not None else None]
-            details = [d for d in details if d]
-            suffix = f" ({', '.join(map(_cell, details))})" if details else ""
-            lines += ["", f"First diverging intermediate output: `{_cell(name)}`{suffix}"]
-        else:
-            lines += ["", f"First diverging intermediate output: `{_cell(divergence)}`"]
-
-    footer = [f"hfport {report['hfport_version']}" if report.get("hfport_version") else None]
-    footer += [f"{k} {v}" for k, v in environment.items()]
-    footer.append(f"{report['seconds']:.1f} s" if isinstance(report.get("seconds"), (int, float)) else None)
-    footer = [part for part in footer if part]
-    if footer:
-        lines += ["", f"<sub>Measured with {', '.join(footer)}.</sub>"]
-    return "\n".join(lines)
 
 
 # -- metadata ------------------------------------------------------------------------------------------------------
@@ -268,7 +157,7 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
     if report is None:
         body += ["No verification report: this conversion has not been checked against the original model."]
     else:
-        body += [verification_markdown(report)]
+        body += [report_markdown(report)]
 
     body += ["", "## Provenance", "", "| | |", "|---|---|"]
     rows = [
@@ -284,12 +173,12 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
         ("converted with", f"hfport {provenance['hfport_version']}" if provenance.get("hfport_version") else None),
         ("converted on", provenance.get("created")),
     ]
-    body += [f"| {name} | {_cell(value)} |" for name, value in rows if value]
+    body += [f"| {name} | {markdown_cell(value)} |" for name, value in rows if value]
 
     dropped = provenance.get("dropped") or {}
     if dropped:
         body += ["", "Source tensors not carried over:", "", "| key pattern | why |", "|---|---|"]
-        body += [f"| `{_cell(key)}` | {_cell(reason)} |" for key, reason in dropped.items()]
+        body += [f"| `{markdown_cell(key)}` | {markdown_cell(reason)} |" for key, reason in dropped.items()]
     hyper = provenance.get("hyper_parameters")
     if hyper:
         body += ["", "<details><summary>Source hyper-parameters</summary>", "", "```json",
