@@ -9,7 +9,6 @@ brief, computation order), and generation runs.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from hfport.errors import CheckpointError
+from hfport.read.torch_file import file_sha256
 
 OFA_ENCODER_ORDER = ("encoder_position_embeddings", "encoder_hidden_states", "encoder_out", "encoder_padding_mask")
 OFA_DECODER_ORDER = ("decoder_inner_states", "decoder_features", "logits")
@@ -151,12 +151,6 @@ def golden_from_dict(data: dict[str, Any], path: str | None = None, sha256: str 
     return Golden("ofa", sets, traces, gens, meta, path, sha256)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_golden(path: str | Path) -> Golden:

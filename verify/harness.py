@@ -18,7 +18,8 @@ import hfport
 from hfport.errors import ConfigError, HfportError
 from hfport.verify import probes
 from hfport.verify.compare import compare_tensors
-from hfport.verify.golden import Golden, file_sha256, load_golden
+from hfport.read.torch_file import file_sha256
+from hfport.verify.golden import Golden, load_golden
 from hfport.verify.localise import first_divergence
 from hfport.verify.report import SCHEMA, write_report
 

@@ -8,7 +8,6 @@ Python >= 3.8. The file has the layout of the shared fixtures' `reference.pt` (t
 """
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -20,15 +19,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from hfport.read.torch_file import file_sha256
+
 RECORDER = "hfport.verify.record"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _git_commit(root: str) -> Optional[str]:
@@ -78,7 +71,7 @@ def record_ofa(checkpoint: str, ofa_root: str, sets: Optional[Dict[str, Dict[str
         "variant": golden["variant"],
         "set": "hfport-probes" if probes_used else "given",
         "checkpoint": os.path.abspath(checkpoint),
-        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
         "reference_code": os.path.abspath(ofa_root),
         "ofa_commit": _git_commit(ofa_root),
         "versions": _versions(["fairseq"]),

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from hfport.read.torch_file import file_sha256
+
 from hfport.verify.backends.fairseq_ofa import ReferenceError_
 
 IGNORED_KEYS = re.compile(r"^(vit_model\.(token_embedding\.weight|positional_embedding|ln_final\.\w+)|text_transformer\.embeddings\.position_ids|text_transformer\.pooler\..*)$")
@@ -240,17 +242,9 @@ def record(checkpoint: str, meter_root: str, sets: Optional[Dict[str, Dict[str, 
         "format_version": 1, "recorder": "hfport.verify.record", "fixture": os.path.basename(checkpoint),
         "passes": passes, "heads": heads, "image_encoder": "clip" if is_clip else "swin",
         "config": json.loads(json.dumps(config, default=str)), "versions": versions,
-        "checkpoint_sha256": _sha256(checkpoint), "reference_code": os.path.abspath(meter_root),
+        "checkpoint_sha256": file_sha256(checkpoint), "reference_code": os.path.abspath(meter_root),
         "image_size": config["image_size"], "seconds": round(time.time() - started, 3),
     }
     return OrderedDict(inputs=dict(inputs), outputs=outputs, layers=layers, meta=meta)
 
 
-def _sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
