@@ -18,6 +18,7 @@ from hfport.converters.pipeline import Prepared
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 
 FAMILY = "meter"
+STATE_KEY = "state_dict"
 MAPPING = "meter"
 REGENERATED = ()
 MODEL_DIR = Path(__file__).resolve().parents[1] / "hfport" / "models" / "meter"

@@ -18,6 +18,7 @@ from hfport.converters.pipeline import Prepared
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 
 FAMILY = "ofa"
+STATE_KEY = "model"
 MAPPING = "ofa"
 # derived buffers the backwards direction rebuilds (see regenerator())
 REGENERATED = ("fairseq_version", "rp_bucket", "image_position_idx")
@@ -89,14 +90,14 @@ def derive_structure(state: dict[str, torch.Tensor]) -> dict:
     keys = list(state)
     shape = lambda k: tuple(state[k].shape)  # noqa: E731
     need = ["encoder.embed_tokens.weight", "encoder.layers.0.fc1.weight", "encoder.token_rel_pos_table_list.0.weight",
-            "encoder.embed_image_positions.weight", "encoder.embed_positions.weight", "decoder.embed_tokens.weight"]
+            "encoder.embed_image_positions.weight", "encoder.embed_positions.weight", "decoder.embed_positions.weight"]
     missing = [k for k in need if k not in state]
     if missing:
         raise UnsupportedCheckpointError(f"not a complete OFA state dict: missing {', '.join(missing)}")
     found: dict = {
         "vocab_size": shape("encoder.embed_tokens.weight")[0],
         "encoder_embed_dim": shape("encoder.embed_tokens.weight")[1],
-        "decoder_embed_dim": shape("decoder.embed_tokens.weight")[1],
+        "decoder_embed_dim": shape("decoder.embed_positions.weight")[1],
         "encoder_layers": _layer_count(keys, "encoder"),
         "decoder_layers": _layer_count(keys, "decoder"),
         "encoder_ffn_embed_dim": shape("encoder.layers.0.fc1.weight")[0],

@@ -57,6 +57,16 @@ def detect_family(checkpoint: dict, path: Path):
     )
 
 
+def check_tensors(state: dict, path: Path) -> None:
+    """A state dict holds tensors only; anything else means a damaged or foreign file."""
+    from hfport.errors import CheckpointError
+    from hfport.mappings.templates import collapse_keys
+
+    odd = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise CheckpointError(f"{path}: the state dict holds non-tensor values at {collapse_keys(odd, 6)}")
+
+
 def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
     """Every parameter and persistent buffer the HF model expects, built on the meta device (no memory)."""
     with torch.device("meta"):
@@ -86,6 +96,7 @@ def convert_checkpoint(
         raise HfportError(f"unknown --dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     checkpoint = load_checkpoint(source, trust=trust_pickle)
     family = detect_family(checkpoint, source)
+    check_tensors(checkpoint[family.STATE_KEY], source)
     prepared: Prepared = family.prepare(checkpoint, source, **options)
     mapping = Mapping.load(family.MAPPING)
     expected = target_shapes(prepared.model_class, prepared.config)

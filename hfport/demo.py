@@ -28,14 +28,19 @@ DEMO_ARGS = dict(
 DEMO_TASK = {"_name": "ofa", "patch_image_size": 64, "code_dict_size": 16, "num_bins": 16, "bpe": None}
 
 
-def seeded_model(seed: int = 0):
+def seeded_model(seed: int = 0, **overrides):
+    """The demo's tiny OFA (``overrides`` change any OFAConfig field), every parameter moved off its init."""
     from hfport.models.ofa.configuration_ofa import OFAConfig
     from hfport.models.ofa.modeling_ofa import OFAForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = OFAConfig(**{k: v for k, v in DEMO_ARGS.items() if k != "arch"})
-    model = OFAForConditionalGeneration(config).eval()
-    with torch.no_grad():  # move every parameter away from its init so a swapped tensor would show
+    config = OFAConfig(**{**{k: v for k, v in DEMO_ARGS.items() if k != "arch"}, **overrides})
+    return perturb(OFAForConditionalGeneration(config).eval())
+
+
+def perturb(model):
+    """Move every parameter away from its initial value, so that a swapped or mis-split tensor shows."""
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("weight") and param.dim() == 1:
                 param.add_(0.1 * torch.randn_like(param))

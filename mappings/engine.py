@@ -191,7 +191,15 @@ class Mapping:
             out = rule.source[0].render(values)
             steps.append(Step("concat", wanted, [out], dim=rule.dim))
 
-        if not forward:
+        if forward:
+            # a tied alias some writers leave out of the file (its owner is there) is still derived by tying
+            for rule in rules:
+                if rule.kind == "tie":
+                    for values in _enumerate_values(rule.source[0]):
+                        owner = rule.same_as.render(values)
+                        if rule.source[0].render(values) not in input_shapes and owner in input_shapes:
+                            tied.setdefault(rule.target[0].render(values), rule.tied_to.render(values))
+        else:
             for rule in rules:
                 if rule.kind in ("drop", "derive"):
                     for template in rule.source:
@@ -200,8 +208,6 @@ class Mapping:
                                 regenerated[key] = rule.regenerate
                             else:
                                 not_restored[key] = rule.reason
-                elif rule.kind == "tie":
-                    pass  # handled in _plan_tie when the owning key is seen
             # ties backwards: every alias is a copy of the key it must equal, produced from its owner
             for rule in rules:
                 if rule.kind != "tie":
@@ -351,8 +357,8 @@ def _parse_rule(kind: str, entry: dict, path: Path) -> Rule:
     return rule
 
 
-def _enumerate(template: Template) -> list[str]:
-    """All keys an alternatives-only template can name (for regenerating derived keys backwards)."""
+def _enumerate_values(template: Template) -> list[dict[str, str]]:
+    """Every placeholder assignment of an alternatives-only template (none if it has open placeholders)."""
     import itertools
     import re
 
@@ -361,7 +367,10 @@ def _enumerate(template: Template) -> list[str]:
         if not m.group(2) or m.group(2) == "*":
             return []
         options.append((m.group(1), m.group(2)[1:].split("|")))
-    keys = []
-    for combo in itertools.product(*(alts for _, alts in options)):
-        keys.append(template.render({name: value for (name, _), value in zip(options, combo)}))
-    return keys
+    return [{name: value for (name, _), value in zip(options, combo)}
+            for combo in itertools.product(*(alts for _, alts in options))]
+
+
+def _enumerate(template: Template) -> list[str]:
+    """All keys an alternatives-only template can name (for regenerating derived keys backwards)."""
+    return [template.render(values) for values in _enumerate_values(template)]

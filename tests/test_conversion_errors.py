@@ -150,3 +150,17 @@ def test_meter_unknown_pickled_class_is_refused(shared_root, tmp_path, capsys):
     torch.save(checkpoint, path)
     err = _convert_fails(capsys, tmp_path, path, "--text-config", shared_root / METER / "text_config.json")
     assert "posix.getcwd" in err
+
+
+def test_a_state_dict_holding_non_tensors_is_refused(shared_root, tmp_path, capsys):
+    def spoil(c):
+        c["model"]["encoder.layers.0.fc1.weight"] = "not a tensor"
+    err = _convert_fails(capsys, tmp_path, _modified_ofa(shared_root, tmp_path, spoil))
+    assert "non-tensor values at encoder.layers.0.fc1.weight" in err
+
+
+def test_a_file_of_another_kind_is_refused_naming_its_top_level_keys(tmp_path, capsys):
+    path = tmp_path / "bare.pt"
+    torch.save({"weight": torch.zeros(2), "bias": torch.zeros(2)}, path)
+    err = _convert_fails(capsys, tmp_path, path)
+    assert "not an OFA (fairseq) or METER (Lightning) checkpoint" in err and "bias, weight" in err

@@ -104,3 +104,30 @@ def test_fresh_process_verification_matches_upstream_logits_hidden_states_and_gr
     assert all(o["passed"] and o["max_abs"] <= 1e-4 for o in report["outputs"])
     greedy = {g["name"]: g["exact"] for g in report["generation"]}
     assert greedy["greedy"] and greedy["greedy_masked"]
+
+
+def test_a_legacy_checkpoint_with_top_level_args_instead_of_cfg_converts(shared_root, tmp_path):
+    from hfport.read.torch_file import ALLOWED_GLOBALS
+
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        checkpoint = torch.load(shared_root / "fixtures/ofa/ofa-tiny-plain/checkpoint.pt", weights_only=True)
+    checkpoint["args"] = checkpoint.pop("cfg")["model"]
+    torch.save(checkpoint, tmp_path / "legacy.pt")
+    folder = convert_checkpoint(tmp_path / "legacy.pt", tmp_path / "out")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["attn_scale_factor"] == 1 and config["disable_entangle"] is False and config["token_bucket_size"] == 32
+
+
+def test_tied_copies_left_out_of_the_file_are_derived_by_tying(shared_root, tmp_path):
+    from hfport.read.torch_file import ALLOWED_GLOBALS
+
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        checkpoint = torch.load(shared_root / "fixtures/ofa/ofa-tiny-plain/checkpoint.pt", weights_only=True)
+    del checkpoint["model"]["decoder.output_projection.weight"], checkpoint["model"]["decoder.embed_tokens.weight"]
+    torch.save(checkpoint, tmp_path / "slim.pt")
+    folder = convert_checkpoint(tmp_path / "slim.pt", tmp_path / "out")
+    info = json.loads((folder / "hfport.json").read_text())
+    assert info["tied"] == {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight",
+                            "decoder.output_projection.weight": "encoder.embed_tokens.weight"}
+    load = load_in_fresh_process(folder, "AutoModelForSeq2SeqLM", tmp_path)
+    assert load["missing_keys"] == []

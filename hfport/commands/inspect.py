@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import torch
 
-from hfport.converters.pipeline import detect_family
+from hfport.converters.pipeline import check_tensors, detect_family
 from hfport.read.torch_file import load_checkpoint
 
 
@@ -27,6 +27,7 @@ def _tensors(value):
 def summarise(path: Path, trust_pickle: bool = False) -> dict:
     checkpoint = load_checkpoint(path, trust=trust_pickle)
     family = detect_family(checkpoint, path)
+    check_tensors(checkpoint[family.STATE_KEY], path)
     facts = family.describe(checkpoint)
     weights = facts.pop("weights")
     baggage = facts.pop("baggage")
