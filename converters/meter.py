@@ -20,7 +20,7 @@ from hfport.errors import ConfigError, UnsupportedCheckpointError
 FAMILY = "meter"
 STATE_KEY = "state_dict"
 MAPPING = "meter"
-REGENERATED = ()
+REGENERATED = ("position_ids",)  # derived buffers the backwards direction rebuilds (see regenerator())
 MODEL_DIR = Path(__file__).resolve().parents[1] / "hfport" / "models" / "meter"
 
 HEADS = ("vqa_classifier", "nlvr2_classifier", "snli_classifier", "itm_score", "mlm_score", "rank_output")
@@ -288,7 +288,12 @@ def describe(checkpoint: dict) -> dict:
 # -- backwards: HF folder -> METER Lightning checkpoint --------------------------------------------------------------
 
 def regenerator(config):
-    return None  # METER's derived buffers are dropped backwards; its loader rebuilds them
+    """Rebuilds the text tower's position-id buffer that transformers 4.6 stored in METER checkpoints."""
+
+    def build(generator: str, key: str) -> torch.Tensor:
+        return torch.arange(config.text_config.max_position_embeddings)[None]
+
+    return build
 
 
 def export_flags(config) -> dict[str, bool]:
@@ -301,9 +306,6 @@ def original_checkpoint(config, state: dict, provenance: dict) -> dict:
     """A Lightning-layout METER checkpoint; weights only (no optimizer, no callbacks)."""
     from collections import OrderedDict
 
-    text_positions = state.get("text_transformer.embeddings.position_embeddings.weight")
-    if text_positions is not None:  # transformers 4.6 stored this buffer; METER's loader expects it
-        state["text_transformer.embeddings.position_ids"] = torch.arange(text_positions.shape[0])[None]
     return {
         "epoch": 0,
         "global_step": 0,

@@ -19,6 +19,7 @@ COMMANDS = {
     "push": "push",
     "run": "run",
     "demo": "demo",
+    "export": "export",
 }
 
 
@@ -48,6 +49,7 @@ def cli(ctx, debug):
       hfport convert ofa_large.pt ./ofa-large-hf --dtype float16
       hfport verify ./ofa-large-hf --golden ofa_large.golden.pt
       hfport push ./ofa-large-hf my-org/ofa-large --create-pr
+      hfport export ./ofa-large-hf ofa_large.roundtrip.pt
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug

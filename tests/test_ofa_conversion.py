@@ -131,3 +131,13 @@ def test_tied_copies_left_out_of_the_file_are_derived_by_tying(shared_root, tmp_
                             "decoder.output_projection.weight": "encoder.embed_tokens.weight"}
     load = load_in_fresh_process(folder, "AutoModelForSeq2SeqLM", tmp_path)
     assert load["missing_keys"] == []
+
+
+def test_export_command_writes_the_original_format_and_will_not_overwrite(converted_fixtures, tmp_path, capsys):
+    from hfport.cli import main
+
+    out = tmp_path / "back.pt"
+    assert main(["export", str(converted_fixtures("ofa-tiny-plain")), str(out)]) == 0
+    assert "rebuilt 7 derived buffers" in capsys.readouterr().out
+    assert "cfg" in load_checkpoint(out) and main(["export", str(converted_fixtures("ofa-tiny-plain")), str(out)]) == 2
+    assert "pass --force" in capsys.readouterr().err
