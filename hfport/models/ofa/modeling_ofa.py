@@ -35,29 +35,39 @@ RESNET_OUTPUT_CHANNELS = 1024
 
 
 def make_token_bucket_position(bucket_size: int, max_position: int = BUCKET_TABLE_POSITIONS) -> torch.Tensor:
-    """Relative text positions -> bucket ids: exact within bucket_size/2, log-spaced beyond."""
-    relative = torch.arange(max_position)[:, None] - torch.arange(max_position)[None, :]
-    sign = torch.sign(relative)
-    mid = bucket_size // 2
-    abs_pos = torch.where((relative < mid) & (relative > -mid), mid - 1, relative.abs())
-    log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
-    bucket = torch.where(abs_pos.le(mid), relative, log_pos.int() * sign).long()
-    return bucket + bucket_size - 1
+    """Bucket id of every (query, key) pair of text positions, shifted to start at 0.
+
+    Distances up to half the bucket count keep a bucket of their own; longer ones share buckets spaced
+    logarithmically up to ``max_position``.
+    """
+    half = bucket_size // 2
+    positions = torch.arange(max_position)
+    distance = positions.view(-1, 1) - positions.view(1, -1)
+    magnitude = distance.abs()
+    # the log formula is only used beyond `half`; clamping below it keeps the log finite elsewhere
+    clamped = torch.where(magnitude < half, torch.full_like(magnitude, half - 1), magnitude)
+    scale = math.log((max_position - 1) / half)
+    far = half + torch.ceil(torch.log(clamped / half) / scale * (half - 1))
+    bucket = torch.where(magnitude <= half, distance, far.int() * torch.sign(distance))
+    return bucket.long() + bucket_size - 1
 
 
 def make_image_bucket_position(bucket_size: int, num_relative_distance: int) -> torch.Tensor:
-    """Relative 2-D patch positions -> bucket ids; row/column 0 are reserved for a (unused) cls position."""
-    coords = torch.stack(torch.meshgrid(torch.arange(bucket_size), torch.arange(bucket_size), indexing="ij"))
-    coords = coords.flatten(1)
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
-    relative[:, :, 0] += bucket_size - 1
-    relative[:, :, 1] += bucket_size - 1
-    relative[:, :, 0] *= 2 * bucket_size - 1
+    """Bucket id of every pair of patches on a ``bucket_size`` x ``bucket_size`` grid.
+
+    The row offset and the column offset of a pair fold into one index; row/column 0 of the table belong to an
+    extra (unused) leading position and get the last three ids.
+    """
+    span = 2 * bucket_size - 1
+    rows = torch.arange(bucket_size).repeat_interleave(bucket_size)  # grid row of each patch, row-major
+    cols = torch.arange(bucket_size).repeat(bucket_size)
+    row_offset = rows.view(-1, 1) - rows.view(1, -1) + bucket_size - 1
+    col_offset = cols.view(-1, 1) - cols.view(1, -1) + bucket_size - 1
     size = bucket_size * bucket_size + 1
-    index = torch.zeros((size, size), dtype=torch.long)
-    index[1:, 1:] = relative.sum(-1)
-    index[0, 0:] = num_relative_distance - 3
-    index[0:, 0] = num_relative_distance - 2
+    index = torch.empty((size, size), dtype=torch.long)
+    index[1:, 1:] = row_offset * span + col_offset
+    index[0, :] = num_relative_distance - 3
+    index[:, 0] = num_relative_distance - 2
     index[0, 0] = num_relative_distance - 1
     return index
 
