@@ -182,7 +182,8 @@ def user_sets(folder: Path, family: str, image: str | None, text: str | None, to
 
             processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
         except Exception as err:
-            raise ConfigError(f"{folder} has no usable processor for --image/--text ({type(err).__name__})",
+            detail = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"{folder} has no usable processor for --image/--text ({type(err).__name__}: {detail})",
                               hint="pass token ids with --tokens (and no --image) instead") from err
         kwargs: dict[str, Any] = {"return_tensors": "pt"}
         if image:
