@@ -130,7 +130,9 @@ def run_demo(workdir: Path, force: bool = False, say: Callable[[str], None] = pr
         f"{worst:.2e}, greedy generation {'identical' if exact else 'DIFFERENT'} -> "
         f"{'PASS' if report['passed'] else 'FAIL'}")
     (folder / "verification.json").write_text(report_path.read_text())
+    card = workdir / "model_card.md"
     dry = subprocess.run([sys.executable, "-m", "hfport.cli", "push", str(folder), "demo-user/ofa-tiny-demo",
-                          "--dry-run"], capture_output=True, text=True)
-    say("[5/5] hfport push --dry-run would commit:\n" + (dry.stdout.strip() or dry.stderr.strip()))
+                          "--dry-run", "--save-card", str(card)], capture_output=True, text=True)
+    listing = (dry.stdout.split("--- README.md ---")[0].strip() or dry.stderr.strip())
+    say(f"[5/5] hfport push --dry-run (model card saved to {card}):\n{listing}")
     return {"checkpoint": checkpoint, "folder": folder, "report": report, "push_dry_run": dry.returncode}
