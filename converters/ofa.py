@@ -64,8 +64,8 @@ def model_arguments(checkpoint: dict) -> dict:
         raise ConfigError("the checkpoint has neither cfg['model'] nor args: no OFA hyper-parameters found")
     if isinstance(source, argparse.Namespace):
         return dict(vars(source))
-    if isinstance(source, dict):
-        return dict(source)
+    if isinstance(source, dict) or hasattr(source, "items"):  # dict, or an OmegaConf config under --trust-pickle
+        return dict(source.items())
     raise ConfigError(f"cfg['model'] is a {type(source).__name__}, expected a Namespace or dict")
 
 

@@ -73,3 +73,32 @@ def test_bad_files_raise_one_clear_checkpoint_error(tmp_path, shared_root, conte
 def test_a_missing_file_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_lightning_attribute_dict_hparams_load_as_a_plain_dict_without_lightning(tmp_path):
+    import sys
+    import types
+
+    module = types.ModuleType("pytorch_lightning.utilities.parsing")
+
+    class AttributeDict(dict):
+        pass
+
+    AttributeDict.__module__, AttributeDict.__qualname__ = module.__name__, "AttributeDict"
+    module.AttributeDict = AttributeDict
+    names = ["pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"]
+    saved = {name: sys.modules.get(name) for name in names}
+    for name in names[:-1]:
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules[names[-1]] = module
+    try:
+        torch.save({"state_dict": {}, "hyper_parameters": AttributeDict(config={"num_heads": 12})}, tmp_path / "pl.ckpt")
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    checkpoint = load_checkpoint(tmp_path / "pl.ckpt")
+    assert isinstance(checkpoint["hyper_parameters"], dict)
+    assert checkpoint["hyper_parameters"]["config"] == {"num_heads": 12}

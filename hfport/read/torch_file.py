@@ -34,6 +34,7 @@ ALLOWED_GLOBALS: list[Any] = [
     (PickledClassPlaceholder, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
     (PickledClassPlaceholder, "pytorch_lightning.callbacks.early_stopping.EarlyStopping"),
     (PickledClassPlaceholder, "pytorch_lightning.callbacks.lr_monitor.LearningRateMonitor"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),  # a plain dict subclass: read as a dict
 ]
 
 _GLOBAL_IN_ERROR = re.compile(r"(?:Unsupported global|Unsupported class|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([\w.]+)")
