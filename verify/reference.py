@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch
 import hfport
 import hfport.verify
 from hfport.errors import CheckpointError, ConfigError, HfportError
+from hfport.verify.scratch import scratch_dir
 
 # Makes `hfport.verify.record` importable in another interpreter without installing hfport there: the two
 # package directories are registered by path (hfport's __init__ and the recorder need only torch).
@@ -79,7 +79,7 @@ def record_reference(checkpoint: str | Path, reference_code: str | Path, sets: d
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     if not Path(reference_code).is_dir():
         raise ConfigError(f"--reference-code {reference_code} is not a directory")
-    workdir = workdir or tempfile.mkdtemp(prefix="hfport-verify-")
+    workdir = workdir or scratch_dir("hfport-verify-")
     inputs_file = None
     if sets is not None:
         inputs_file = os.path.join(workdir, "probes.pt")

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from hfport.verify.scratch import scratch_dir
+
 # buffers OFA recomputes in code (or fairseq bookkeeping): a difference in these keys is harmless
 RECOMPUTED_KEYS = re.compile(r"(^|\.)(token_rp_bucket|image_rp_bucket|image_position_idx|version|num_batches_tracked)$")
 
@@ -86,7 +88,7 @@ def prepare_bpe_dir(ofa_root: str, checkpoint: str, bpe_dir: Optional[str] = Non
     task_dict = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "dict.txt")
     if not os.path.isfile(task_dict):
         return ofa_bpe
-    out = tempfile.mkdtemp(prefix="hfport-bpe-")
+    out = scratch_dir("hfport-bpe-")
     for name in ("encoder.json", "vocab.bpe"):
         src = os.path.join(ofa_bpe, name)
         if os.path.isfile(src):

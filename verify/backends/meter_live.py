@@ -4,18 +4,20 @@ pytorch_lightning 1.3, timm, sacred), run on the probes and recorded in the METE
 Python >= 3.8, torch + METER's own imports only. The model is built the way METER's `test_only` reload does it
 (`METERTransformerSS(config)`, `adapt_position_encoding`, `load_state_dict(strict=False)`), with two things
 METER would otherwise fetch from the network replaced by local stand-ins whose weights the checkpoint overwrites:
-the text tower's base model (`config['tokenizer']`, rebuilt from `--text-config` when not a local folder) and the
-CLIP archive (`config['vit']`, rebuilt from the checkpoint's own `vit_model.*` shapes unless `--vit` is given).
+the text tower's base model (`config['tokenizer']`, rebuilt from `--text-config` when not a local folder), the
+CLIP archive (`config['vit']`, rebuilt from the checkpoint's own `vit_model.*` shapes unless `--vit` is given) and
+Swin's ImageNet weights (built with `pretrained=False`). These stand-ins are patched into METER's module only while
+the model is built.
 Because METER loads with `strict=False`, the checkpoint's keys are compared with the model's first: any missing
 or unexpected key stops the recording.
 """
 
+import contextlib
 import copy
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -23,10 +25,12 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from hfport.read.torch_file import file_sha256
-
 from hfport.verify.backends.fairseq_ofa import ReferenceError_
+from hfport.verify.scratch import scratch_dir
 
 IGNORED_KEYS = re.compile(r"^(vit_model\.(token_embedding\.weight|positional_embedding|ln_final\.\w+)|text_transformer\.embeddings\.position_ids|text_transformer\.pooler\..*)$")
+# Swin buffers recomputed from the config; METER's swin_adapt_position_encoding drops them from the checkpoint
+RECOMPUTED_BUFFERS = re.compile(r"^vit_model\..*\.(attn_mask|relative_position_index)$")
 HEAD_RECIPES = (("vqa_classifier", "vqa_logits", "cls"), ("itm_score", "itm_logits", "cls"), ("mlm_score", "mlm_logits", "text"),
                 ("snli_classifier", "snli_logits", "cls"), ("rank_output", "rank_scores", "cls"))
 
@@ -73,6 +77,8 @@ def _text_base(config: Dict[str, Any], text_config: Optional[str], workdir: str)
 
     cfg_class, model_class = (RobertaConfig, RobertaModel) if is_roberta else (BertConfig, BertModel)
     out = os.path.join(workdir, os.path.basename(name.rstrip("/")) or ("roberta" if is_roberta else "bert"))
+    if ("roberta" in out) != is_roberta:  # METER picks the class by this substring of the path it is given
+        raise ReferenceError_("the temporary folder {} contains 'roberta': set TMPDIR elsewhere".format(out))
     model_class(cfg_class.from_json_file(text_config)).save_pretrained(out)
     return out
 
@@ -98,6 +104,35 @@ def _clip_builder(state_dict: Dict[str, torch.Tensor]):
     return build
 
 
+class _SwinWithoutDownload:
+    """METER's `swin` module, except that its model factories never fetch ImageNet weights (the checkpoint
+    overwrites every one of them)."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        factory = getattr(self._module, name)
+        if not name.startswith("swin_") or not callable(factory):
+            return factory
+
+        def build(*args, **kwargs):
+            kwargs["pretrained"] = False
+            return factory(*args, **kwargs)
+
+        return build
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 def load_meter(checkpoint: str, meter_root: str, text_config: Optional[str] = None, vit: Optional[str] = None):
     """(model, config, heads) of the original METER, fp32, eval, CPU."""
     root = os.path.abspath(meter_root)
@@ -111,24 +146,28 @@ def load_meter(checkpoint: str, meter_root: str, text_config: Optional[str] = No
     ckpt = load_checkpoint(checkpoint)
     state_dict = ckpt["state_dict"]
     config = copy.deepcopy(ckpt["hyper_parameters"]["config"])
-    workdir = tempfile.mkdtemp(prefix="hfport-meter-")
+    workdir = scratch_dir("hfport-meter-")
     config["tokenizer"] = _text_base(config, text_config, workdir)
     config["load_path"] = ""  # loaded below exactly as METER's test_only path does, after our key check
     config["test_only"] = True
     is_clip = "swin" not in config["vit"]
-    if is_clip:
-        if vit:
-            config["vit"] = vit
-        elif not os.path.isfile(config["vit"]):
-            meter_module.build_model = _clip_builder(state_dict)
-    model = meter_module.METERTransformerSS(config)
+    if is_clip and vit:
+        config["vit"] = vit
+    if not is_clip:
+        stand_in = _patched(meter_module, "swin", _SwinWithoutDownload(meter_module.swin))
+    elif not os.path.isfile(config["vit"]):
+        stand_in = _patched(meter_module, "build_model", _clip_builder(state_dict))
+    else:
+        stand_in = contextlib.nullcontext()
+    with stand_in:
+        model = meter_module.METERTransformerSS(config)
     if is_clip:
         state_dict = adapt_position_encoding(dict(state_dict), after=config["image_size"], patch_size=config["patch_size"])
     else:
         from meter.modules.swin_helpers import swin_adapt_position_encoding
         state_dict = swin_adapt_position_encoding(dict(state_dict), after=config["image_size"], before=config["resolution_before"])
     model_keys = set(model.state_dict())
-    missing = sorted(k for k in model_keys - set(state_dict) if not IGNORED_KEYS.match(k))
+    missing = sorted(k for k in model_keys - set(state_dict) if not (IGNORED_KEYS.match(k) or RECOMPUTED_BUFFERS.match(k)))
     unexpected = sorted(k for k in set(state_dict) - model_keys if not IGNORED_KEYS.match(k))
     if missing or unexpected:
         raise ReferenceError_("the checkpoint does not match the METER model its config builds: {} missing ({}), {} "

@@ -316,6 +316,7 @@ class OFAAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.c_attn = nn.Parameter(torch.ones(num_heads)) if config.scale_heads else None
+        self.config = config  # read at call time: attn_implementation may change after construction
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
@@ -354,12 +355,18 @@ class OFAAttention(nn.Module):
                 if self.is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
                     past_key_values.is_updated[self.layer_idx] = True
 
-        scores = torch.matmul(query, key.transpose(-1, -2))
-        if attention_bias is not None:
-            scores = scores + attention_bias
-        probs = F.softmax(scores.float(), dim=-1).type_as(scores)
-        probs = F.dropout(probs, p=self.dropout, training=self.training)
-        attn = torch.matmul(probs, value).transpose(1, 2)  # batch, query, heads, head_dim
+        dropout = self.dropout if self.training else 0.0
+        if self.config._attn_implementation == "sdpa":
+            # the query is already scaled; position biases and padding ride along as a float mask
+            bias = attention_bias.to(query.dtype) if attention_bias is not None else None
+            attn = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=1.0)
+        else:
+            scores = torch.matmul(query, key.transpose(-1, -2))
+            if attention_bias is not None:
+                scores = scores + attention_bias
+            probs = F.softmax(scores.float(), dim=-1).type_as(scores)
+            attn = torch.matmul(F.dropout(probs, p=dropout, training=self.training), value)
+        attn = attn.transpose(1, 2)  # batch, query, heads, head_dim
         if self.c_attn is not None:
             attn = attn * self.c_attn[:, None]
         return self.out_proj(attn.reshape(batch_size, query_len, self.embed_dim))
@@ -840,6 +847,7 @@ class OFAPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules = ["OFAEncoderLayer", "OFADecoderLayer", "OFAResNet"]
     _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True  # attention takes an additive float bias, which SDPA accepts as its mask
     # fairseq-only entries that may be present in HF-style OFA weights: recomputed here
     _keys_to_ignore_on_load_unexpected = [r"\.version$", r"rp_bucket$", r"image_position_idx$"]
 
