@@ -279,3 +279,30 @@ def test_usage_errors_exit_two(converted, tmp_path):
     assert cli_main(["verify", str(tmp_path), "--golden", str(_reference("meter", "meter-tiny-snli"))]) == 2  # not a folder
     # an OFA golden file against a METER folder
     assert cli_main(["verify", str(folder), "--golden", str(_reference("ofa", "ofa-tiny-plain"))]) == 2
+
+
+@pytest.mark.parametrize("change", ["fusion_eps", "text_eps", "clip_gelu"])
+def test_subtle_meter_config_mistakes_still_fail_under_the_fp32_policy(converted, tmp_path, change):
+    """The fixtures README's sensitivity table: each of these moves some recorded tensor by >= 2e-5."""
+    folder = tmp_path / "wrong"
+    shutil.copytree(converted("meter", "meter-tiny-vqa-lightning"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    if change == "fusion_eps":
+        config["layer_norm_eps"] = 1e-5
+    elif change == "text_eps":
+        config["text_config"]["layer_norm_eps"] = 1e-12
+    else:
+        config["vision_config"]["hidden_act"] = "gelu"
+    (folder / "config.json").write_text(json.dumps(config))
+    report = verify_folder(folder, golden=_reference("meter", "meter-tiny-vqa-lightning"), write=False)
+    assert not report["passed"]
+    assert report["tolerance"]["scale_rtol"] == 2e-6 and report["tolerance"]["atol"] == 1e-5
+
+
+def test_scale_rtol_allows_noise_proportional_to_the_largest_reference_value():
+    ref = torch.tensor([30.0, 0.5, -2.0])
+    got = ref + torch.tensor([0.0, 4e-5, 0.0])  # noise at a small element of a tensor that reaches 30
+    assert not compare_tensors("x", "s", ref, got, atol=1e-5)["passed"]
+    loose = compare_tensors("x", "s", ref, got, atol=1e-5, scale_rtol=2e-6)  # allows 1e-5 + 6e-5
+    assert loose["passed"] and loose["scale_rtol"] == 2e-6
+    assert compare_tensors("x", "s", ref, ref + torch.tensor([0.0, 8e-5, 0.0]), atol=1e-5, scale_rtol=2e-6)["min_atol_to_pass"] == pytest.approx(2e-5, rel=1e-3)

@@ -180,5 +180,6 @@ def print_summary(report: dict[str, Any], console: Any = None) -> None:
     if div:
         console.print(f"  first divergence: [bold]{div['layer']}[/bold] ({div['name']}, inputs {div['set']})")
     verdict = "[bold green]PASSED[/bold green]" if report["passed"] else "[bold red]FAILED[/bold red]"
-    console.print(f"{verdict}  reference: {_reference_line(report).replace('`', '')}; atol {_fmt(tol['atol'])} "
+    extra = "".join(f" + {_fmt(tol[k])}·{what}" for k, what in (("rtol", "|ref|"), ("scale_rtol", "max|ref|")) if tol.get(k))
+    console.print(f"{verdict}  reference: {_reference_line(report).replace('`', '')}; atol {_fmt(tol['atol'])}{extra} "
                   f"({tol['policy']}); {report['seconds']:.1f} s")

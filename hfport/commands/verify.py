@@ -23,13 +23,15 @@ from hfport.errors import ConfigError, VerificationFailed
 @click.option("--text", help="Your own text (through the folder's tokenizer).")
 @click.option("--tokens", help="Token ids instead of --text, e.g. '0,713,2'.")
 @click.option("--atol", type=float, help="Absolute tolerance (default: by stored dtype: fp32 1e-4 OFA / 1e-5 METER).")
-@click.option("--rtol", type=float, help="Relative tolerance (default 0).")
+@click.option("--rtol", type=float, help="Relative tolerance per element (default 0).")
+@click.option("--scale-rtol", type=float, help="Tolerance relative to each tensor's largest reference value "
+              "(fp32 default 2e-6: fp32's own noise floor in deep stacks).")
 @click.option("--check-beam", is_flag=True, help="Require beam-search results to be token-exact too.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default FOLDER/verification.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print the Markdown report (for a model card) on stdout.")
 def command(folder, golden, against, reference_code, reference_python, bpe_dir, text_config, vit, image, text, tokens,
-            atol, rtol, check_beam, report_path, as_json, as_markdown):
+            atol, rtol, scale_rtol, check_beam, report_path, as_json, as_markdown):
     """Compare a converted folder with the original model, output by output and layer by layer.
 
     Exit code 0: equivalent within tolerance; 1: it is not (the report names the first diverging layer);
@@ -48,7 +50,7 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
         raise ConfigError("give a reference: --golden FILE or --against CKPT --reference-code DIR")
     report = verify_folder(folder, golden=golden, against=against, reference_code=reference_code,
                            reference_python=reference_python, bpe_dir=bpe_dir, text_config=text_config, vit=vit,
-                           image=image, text=text, tokens=tokens, atol=atol, rtol=rtol, check_beam=check_beam,
+                           image=image, text=text, tokens=tokens, atol=atol, rtol=rtol, scale_rtol=scale_rtol, check_beam=check_beam,
                            report_path=report_path)
     if as_json:
         click.echo(json.dumps(report, indent=2))
