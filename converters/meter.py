@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hfport.converters.pipeline import Prepared
+from hfport.converters.pipeline import Prepared, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 
 FAMILY = "meter"
@@ -33,6 +33,21 @@ HEAD_CLASSES = {
     "itm": ("MeterForImageTextMatching", {"itm_score", "rank_output"}, "image-text-matching"),
     "mlm": ("MeterForMaskedLM", {"mlm_score"}, "fill-mask"),
 }
+
+
+# tensors every METER checkpoint has, whatever its towers and heads (their shapes define the fusion stack)
+REQUIRED = ("cross_modal_text_transform.weight", "cross_modal_image_transform.weight", "token_type_embeddings.weight",
+            "cross_modal_text_layers.0.intermediate.dense.weight")
+REQUIRED_CLIP = ("vit_model.visual.conv1.weight", "vit_model.visual.positional_embedding",
+                 "vit_model.visual.transformer.resblocks.0.mlp.c_fc.weight")
+REQUIRED_SWIN = ("vit_model.patch_embed.proj.weight", "vit_model.layers.0.blocks.0.attn.relative_position_bias_table",
+                 "vit_model.layers.0.blocks.0.mlp.fc1.weight")
+
+
+def require(state: dict, keys) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise UnsupportedCheckpointError(f"not a complete METER state dict: missing {', '.join(missing)}")
 
 
 def matches(checkpoint: dict) -> bool:
@@ -90,23 +105,24 @@ def load_text_config(text_config, tokenizer=None):
     try:
         if path.is_file():
             data = json.loads(path.read_text())
-            model_type = data.pop("model_type", None)
-            if model_type not in ("roberta", "bert"):
-                raise ConfigError(f"{path}: model_type {model_type!r}; METER's text tower is roberta or bert")
-            return AutoConfig.for_model(model_type, **data)
-        return AutoConfig.from_pretrained(str(source))
-    except ConfigError:
-        raise
-    except (OSError, ValueError, json.JSONDecodeError) as err:
+            config = AutoConfig.for_model(data.pop("model_type", None) or "unknown", **data)
+        else:
+            config = AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError, TypeError, json.JSONDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load the text config '{source}': {first}") from None
+    if config.model_type not in ("roberta", "bert"):
+        raise ConfigError(f"text config '{source}' is a {config.model_type} config; METER's text tower is roberta or bert")
+    return config
 
 
 def vision_config(state: dict, hp: dict):
     from transformers import CLIPVisionConfig, SwinConfig
 
     keys = list(state)
+    require(state, REQUIRED)
     if "vit_model.visual.conv1.weight" in state:
+        require(state, REQUIRED_CLIP)
         width, _, patch, _ = state["vit_model.visual.conv1.weight"].shape
         rows = state["vit_model.visual.positional_embedding"].shape[0] - 1
         grid = round(rows ** 0.5)
@@ -123,10 +139,12 @@ def vision_config(state: dict, hp: dict):
             num_hidden_layers=blocks, num_attention_heads=width // 64, image_size=grid * patch, patch_size=patch,
             hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3), "clip"
     if "vit_model.patch_embed.proj.weight" in state:
+        require(state, REQUIRED_SWIN)
         embed_dim, _, patch, _ = state["vit_model.patch_embed.proj.weight"].shape
         stages = _count(keys, r"vit_model\.layers\.(\d+)\.")
         depths = [_count(keys, rf"vit_model\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages)]
         heads, windows = [], set()
+        require(state, [f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table" for s in range(stages)])
         for s in range(stages):
             table = state[f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table"]
             heads.append(table.shape[1])
@@ -219,9 +237,7 @@ def build_config(state: dict, hp: dict, text, head_class: str, kept: set[str]):
 
 
 def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, head=None, **unused) -> Prepared:
-    given = {k: v for k, v in unused.items() if v is not None and v is not False}
-    if given:
-        raise ConfigError(f"option(s) not used for METER checkpoints: {', '.join('--' + k.replace('_', '-') for k in given)}")
+    reject_unused_options(unused, "METER")
     from hfport.models.meter import modeling_meter
 
     state = checkpoint["state_dict"]
@@ -245,26 +261,20 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
                                         image_size=config.image_size, transform=transform,
                                         vocab_size=config.text_config.vocab_size)
 
-    dtype = next(t.dtype for t in state.values() if t.is_floating_point())
+    dtype = state["cross_modal_text_transform.weight"].dtype
     return Prepared(
         config=config, model_class=getattr(modeling_meter, head_class), state_dict=state, flags=flags,
         model_files=[MODEL_DIR / "configuration_meter.py", MODEL_DIR / "modeling_meter.py"], task=task,
-        source_format="lightning", hyper_parameters={"config": _plain(hp), "text_config": text.to_dict()},
+        source_format="lightning", hyper_parameters={"config": hp, "text_config": text.to_dict()},
         source_dtype=dtype, notes=notes, write_extras=write_extras)
 
 
-def _plain(values):
-    if isinstance(values, dict):
-        return {str(k): _plain(v) for k, v in values.items()}
-    if isinstance(values, (list, tuple)):
-        return [_plain(v) for v in values]
-    return values if isinstance(values, (str, int, float, bool, type(None))) else repr(values)
 
 
 def describe(checkpoint: dict) -> dict:
     state = checkpoint["state_dict"]
     hp = hyper_parameters(checkpoint)
-    vision, kind = vision_config(state, hp)
+    vision, kind = vision_config(state, hp)  # checks the required tensors first
     present = sorted(h for h in HEADS if any(k.startswith(h + ".") for k in state))
     return {
         "family": "METER (PyTorch Lightning)",

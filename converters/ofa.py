@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hfport.converters.pipeline import Prepared
+from hfport.converters.pipeline import Prepared, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 
 FAMILY = "ofa"
@@ -208,7 +208,7 @@ def refuse_unsupported(state: dict) -> None:
 
 
 def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None, bpe=None, **unused) -> Prepared:
-    _reject_options(unused)
+    reject_unused_options(unused, "OFA")
     from hfport.models.ofa.modeling_ofa import OFAForConditionalGeneration
 
     state = checkpoint["model"]
@@ -219,17 +219,23 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
     notes = []
     if not args.get("disable_entangle", False):
         notes.append("disable_entangle is off: the decoder adds absolute positions to its token embeddings")
+    preprocessing = None
+    if bpe_dir is not None:
+        from hfport.converters.ofa_preprocessing import check_ofa_preprocessing
+
+        preprocessing = dict(
+            bpe_dir=bpe_dir, bpe=bpe or task.get("bpe") or "gpt2", vocab_size=config.vocab_size,
+            code_dict_size=int(task.get("code_dict_size") or 8192), num_bins=int(task.get("num_bins") or 1000),
+            patch_image_size=int(patch_image_size or task.get("patch_image_size") or 480))
+        check_ofa_preprocessing(**preprocessing)  # a wrong --bpe-dir fails before any weight is written
 
     def write_extras(folder: Path) -> list[str]:
         written = [_write_generation_config(folder, config)]
-        if bpe_dir is not None:
+        if preprocessing is not None:
             from hfport.converters.ofa_preprocessing import save_ofa_preprocessing
 
-            written += save_ofa_preprocessing(
-                folder, bpe_dir=bpe_dir, bpe=bpe or task.get("bpe") or "gpt2", vocab_size=config.vocab_size,
-                code_dict_size=int(task.get("code_dict_size", 8192)), num_bins=int(task.get("num_bins", 1000)),
-                patch_image_size=int(patch_image_size or task.get("patch_image_size", 480)),
-                max_src_length=task.get("max_src_length"), max_source_positions=config.max_source_positions)
+            written += save_ofa_preprocessing(folder, **preprocessing, max_src_length=task.get("max_src_length"),
+                                              max_source_positions=config.max_source_positions)
         return written
 
     return Prepared(
@@ -240,7 +246,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
         model_files=[MODEL_DIR / "configuration_ofa.py", MODEL_DIR / "modeling_ofa.py"],
         task="image-to-text",
         source_format="fairseq",
-        hyper_parameters={"model": _plain(args), "task": _plain(task)},
+        hyper_parameters={"model": args, "task": task},
         source_dtype=floating_dtype(state),
         notes=notes,
         write_extras=write_extras,
@@ -259,15 +265,8 @@ def _write_generation_config(folder: Path, config) -> str:
     return "generation_config.json"
 
 
-def _reject_options(unused: dict) -> None:
-    given = {k: v for k, v in unused.items() if v is not None and v is not False}
-    if given:
-        raise ConfigError(f"option(s) not used for OFA checkpoints: {', '.join('--' + k.replace('_', '-') for k in given)}")
 
 
-def _plain(values: dict) -> dict:
-    keep = (str, int, float, bool, type(None))
-    return {k: v for k, v in values.items() if isinstance(v, keep) or (isinstance(v, list) and all(isinstance(x, keep) for x in v))}
 
 
 def describe(checkpoint: dict) -> dict:

@@ -150,6 +150,31 @@ def build_ofa_tokenizer(bpe_dir: Path, symbols: list[str], bpe: str = "gpt2") ->
     return tokenizer
 
 
+def check_ofa_preprocessing(*, bpe_dir, bpe: str, vocab_size: int, code_dict_size: int, num_bins: int,
+                            patch_image_size: int) -> list[str]:
+    """Everything about the user's BPE folder that can be wrong, checked before any weight is written.
+
+    Returns the task dictionary (its symbols in id order). Raises ConfigError.
+    """
+    bpe_dir = Path(bpe_dir)
+    if not (bpe_dir / "dict.txt").is_file():
+        raise ConfigError(f"{bpe_dir}/dict.txt is missing: --bpe-dir must be OFA's utils/BPE (or BERT_CN_dict) folder")
+    needed = ("encoder.json", "vocab.bpe") if bpe == "gpt2" else ("vocab.txt",)
+    for name in needed:
+        if not (bpe_dir / name).is_file():
+            raise ConfigError(f"{bpe_dir / name} is missing: a bpe={bpe} --bpe-dir must hold dict.txt and {', '.join(needed)}")
+    if int(patch_image_size) <= 0 or int(patch_image_size) % 16:
+        raise ConfigError(f"patch_image_size must be a positive multiple of 16 (OFA's ResNet stride), got {patch_image_size}")
+    symbols = build_task_dictionary(bpe_dir / "dict.txt", int(code_dict_size), int(num_bins))
+    if len(symbols) != int(vocab_size):
+        raise ConfigError(
+            f"the OFA dictionary from {bpe_dir}/dict.txt has {len(symbols)} entries (4 specials + dict.txt + <mask> + "
+            f"{code_dict_size} codes + {num_bins} bins) but the checkpoint's embedding has {vocab_size} rows",
+            hint="pass the --bpe-dir the checkpoint was trained with (English: utils/BPE, Chinese: BERT_CN_dict with bpe=bert)",
+        )
+    return symbols
+
+
 def save_ofa_preprocessing(
     out_dir,
     *,
@@ -172,20 +197,10 @@ def save_ofa_preprocessing(
     `max_source_positions` (model cfg) becomes the tokenizer's `model_max_length`.
     Returns the names of the files written. Raises ConfigError when the dictionary does not fit the checkpoint.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer  # noqa: F401  (import cost only when converting)
 
     out_dir, bpe_dir = Path(out_dir), Path(bpe_dir)
-    if not (bpe_dir / "dict.txt").is_file():
-        raise ConfigError(f"{bpe_dir}/dict.txt is missing: --bpe-dir must be OFA's utils/BPE (or BERT_CN_dict) folder")
-    if int(patch_image_size) <= 0 or int(patch_image_size) % 16:
-        raise ConfigError(f"patch_image_size must be a positive multiple of 16 (OFA's ResNet stride), got {patch_image_size}")
-    symbols = build_task_dictionary(bpe_dir / "dict.txt", int(code_dict_size), int(num_bins))
-    if len(symbols) != int(vocab_size):
-        raise ConfigError(
-            f"the OFA dictionary from {bpe_dir}/dict.txt has {len(symbols)} entries (4 specials + dict.txt + <mask> + "
-            f"{code_dict_size} codes + {num_bins} bins) but the checkpoint's embedding has {vocab_size} rows",
-            hint="pass the --bpe-dir the checkpoint was trained with (English: utils/BPE, Chinese: BERT_CN_dict with bpe=bert)",
-        )
+    symbols = check_ofa_preprocessing(bpe_dir=bpe_dir, bpe=bpe, vocab_size=vocab_size, code_dict_size=code_dict_size,
+                                      num_bins=num_bins, patch_image_size=patch_image_size)
 
     from hfport.models.ofa import processing_ofa  # the module copied into the folder
 

@@ -22,10 +22,11 @@ from hfport import __version__
 from hfport.errors import HfportError, UnsupportedCheckpointError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
-from hfport.write.folder import check_output_path, staged_output
+from hfport.write.folder import check_output_file, check_output_path, staged_output
 from hfport.write.safetensors_shards import ShardedSafetensorsWriter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FAMILIES = ("ofa", "meter")
 
 
 @dataclass
@@ -43,6 +44,15 @@ class Prepared:
     source_dtype: torch.dtype
     notes: list[str] = field(default_factory=list)
     write_extras: Callable[[Path], list[str]] | None = None  # tokenizer, processor, generation config
+
+
+def reject_unused_options(unused: dict, family: str) -> None:
+    """Options meant for the other family are a mistake worth saying, not something to ignore."""
+    given = [k for k, v in unused.items() if v is not None and v is not False]
+    if given:
+        from hfport.errors import ConfigError
+
+        raise ConfigError(f"option(s) not used for {family} checkpoints: {', '.join('--' + k.replace('_', '-') for k in given)}")
 
 
 def detect_family(checkpoint: dict, path: Path):
@@ -91,7 +101,7 @@ def convert_checkpoint(
     ``tokenizer``, ``head``). Nothing is written unless every check passes.
     """
     source, output = Path(source), Path(output)
-    check_output_path(output, force)  # fail before reading a multi-GB file
+    output = check_output_path(output, force, protect=source)  # resolved; fails before reading a multi-GB file
     if dtype is not None and dtype not in DTYPES:
         raise HfportError(f"unknown --dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     checkpoint = load_checkpoint(source, trust=trust_pickle)
@@ -105,7 +115,7 @@ def convert_checkpoint(
 
     out_dtype = DTYPES[dtype] if dtype else prepared.source_dtype
     prepared.config.dtype = str(out_dtype).removeprefix("torch.")
-    with staged_output(output, force) as staging:
+    with staged_output(output, force, protect=source) as staging:
         writer = ShardedSafetensorsWriter(staging, max_shard_size)
         total = len(plan.output_keys)
         for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name), 1):
@@ -167,13 +177,17 @@ def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    folder, output = Path(folder), Path(output)
+    folder = Path(folder)
+    output = check_output_file(output, force)
     provenance_path = folder / "hfport.json"
     if not provenance_path.is_file():
         raise HfportError(f"{folder}: not an hfport-converted folder (no hfport.json)")
-    if output.exists() and not force:
-        raise HfportError(f"{output} exists; pass --force to replace it")
-    provenance = json.loads(provenance_path.read_text())
+    try:
+        provenance = json.loads(provenance_path.read_text())
+    except (OSError, ValueError) as err:
+        raise HfportError(f"{provenance_path}: unreadable ({err})") from None
+    if provenance.get("family") not in FAMILIES:
+        raise HfportError(f"{provenance_path}: unknown family {provenance.get('family')!r} (expected ofa or meter)")
     family = importlib.import_module(f"hfport.converters.{provenance['family']}")
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     handles = [safe_open(str(p), framework="pt") for p in sorted(folder.glob("*.safetensors"))]

@@ -99,7 +99,6 @@ def record_golden(model, folder: Path, path: Path) -> Path:
 def run_demo(workdir: Path, force: bool = False, say: Callable[[str], None] = print) -> dict:
     from hfport.commands.inspect import summarise
     from hfport.converters import convert_checkpoint
-    from hfport.verify.harness import verify_folder
 
     workdir = Path(workdir)
     check_output_path(workdir, force)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
-import pytest
 import torch
 
 from hfport.cli import main
-from hfport.read.torch_file import ALLOWED_GLOBALS, load_checkpoint
+from hfport.read.torch_file import ALLOWED_GLOBALS
 
 OFA = "fixtures/ofa/ofa-tiny-plain/checkpoint.pt"
 METER = "fixtures/meter/meter-tiny-snli"
@@ -164,3 +162,61 @@ def test_a_file_of_another_kind_is_refused_naming_its_top_level_keys(tmp_path, c
     torch.save({"weight": torch.zeros(2), "bias": torch.zeros(2)}, path)
     err = _convert_fails(capsys, tmp_path, path)
     assert "not an OFA (fairseq) or METER (Lightning) checkpoint" in err and "bias, weight" in err
+
+
+def test_replacing_a_folder_that_holds_the_input_checkpoint_is_refused_even_with_force(shared_root, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "work dir"
+    folder.mkdir()
+    source = folder / "my checkpoint.pt"
+    shutil.copy(shared_root / OFA, source)
+    assert main(["convert", str(source), str(folder), "--quiet", "--force"]) == 2
+    assert "holds the input my checkpoint.pt" in capsys.readouterr().err
+    assert source.is_file()
+
+
+def test_converting_into_the_current_folder_with_force_replaces_it_whole(shared_root, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "here"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    monkeypatch.chdir(target)
+    assert main(["convert", str(shared_root / OFA), ".", "--quiet", "--force"]) == 0
+    names = sorted(p.name for p in target.iterdir())
+    assert "model.safetensors" in names and "old.txt" not in names
+    assert not [n for n in names if n.startswith(".")] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_partial_meter_state_dict_is_a_one_line_error(shared_root, tmp_path, capsys):
+    source = _modified_meter(shared_root, tmp_path, lambda c: c["state_dict"].pop("cross_modal_text_transform.weight"))
+    err = _convert_fails(capsys, tmp_path, source, "--text-config", shared_root / METER / "text_config.json")
+    assert "not a complete METER state dict: missing cross_modal_text_transform.weight" in err
+
+
+def test_a_text_config_of_another_model_type_is_refused(shared_root, tmp_path, capsys):
+    import json
+
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    err = _convert_fails(capsys, tmp_path, shared_root / METER / "checkpoint.ckpt", "--text-config", tmp_path / "gpt2")
+    assert "is a gpt2 config" in err
+
+
+def test_a_wrong_bpe_dir_fails_before_any_weight_is_written(shared_root, tmp_path, capsys, monkeypatch):
+    from hfport.write import safetensors_shards
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were written before the dictionary was checked")
+    monkeypatch.setattr(safetensors_shards.ShardedSafetensorsWriter, "add", never)
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    for name in ("dict.txt", "encoder.json", "vocab.bpe"):
+        (bpe / name).write_bytes((shared_root / "fixtures/ofa/bpe" / name).read_bytes())  # the full 59457 dictionary
+    err = _convert_fails(capsys, tmp_path, shared_root / OFA, "--bpe-dir", bpe)
+    assert "50297 entries" in err and "77 rows" in err  # 4 + 50260 BPE symbols + <mask> + the tiny 16 codes + 16 bins
+
+
+def test_export_to_an_existing_folder_is_refused(converted_fixtures, tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    assert main(["export", str(converted_fixtures("ofa-tiny-plain")), str(tmp_path / "dir"), "--force"]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -306,3 +306,19 @@ def test_scale_rtol_allows_noise_proportional_to_the_largest_reference_value():
     loose = compare_tensors("x", "s", ref, got, atol=1e-5, scale_rtol=2e-6)  # allows 1e-5 + 6e-5
     assert loose["passed"] and loose["scale_rtol"] == 2e-6
     assert compare_tensors("x", "s", ref, ref + torch.tensor([0.0, 8e-5, 0.0]), atol=1e-5, scale_rtol=2e-6)["min_atol_to_pass"] == pytest.approx(2e-5, rel=1e-3)
+
+
+def test_an_empty_or_foreign_golden_file_is_a_one_line_usage_error(converted, tmp_path, capsys):
+    folder = converted("ofa", "ofa-tiny-plain")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("not torch")
+    for bad, message in (("empty.pt", "file is empty"), ("text.pt", "not a torch checkpoint")):
+        assert cli_main(["verify", str(folder), "--golden", str(tmp_path / bad)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_nan_in_the_reference_still_yields_a_writable_report():
+    ref = torch.tensor([1.0, float("nan")])
+    result = compare_tensors("x", "s", ref, torch.tensor([1.0, 2.0]), atol=1e-4)
+    json.dumps(result, allow_nan=False)
+    assert not result["passed"]

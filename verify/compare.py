@@ -125,7 +125,7 @@ def compare_tensors(
         top5_overlap=top5,
         min_atol_to_pass=_finite(min_atol),
         worst_index=worst_index,
-        worst_values={"reference": float(ref64.reshape(-1)[flat_worst]), "converted": _finite(float(got64.reshape(-1)[flat_worst]))},
+        worst_values={"reference": _finite(float(ref64.reshape(-1)[flat_worst])), "converted": _finite(float(got64.reshape(-1)[flat_worst]))},
         atol=atol,
         rtol=rtol,
         scale_rtol=scale_rtol,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from hfport.errors import CheckpointError
-from hfport.read.torch_file import file_sha256
+from hfport.read.torch_file import file_sha256, load_checkpoint
 
 OFA_ENCODER_ORDER = ("encoder_position_embeddings", "encoder_hidden_states", "encoder_out", "encoder_padding_mask")
 OFA_DECODER_ORDER = ("decoder_inner_states", "decoder_features", "logits")
@@ -154,11 +154,6 @@ def golden_from_dict(data: dict[str, Any], path: str | None = None, sha256: str 
 
 
 def load_golden(path: str | Path) -> Golden:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"golden file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types
-        raise CheckpointError(f"cannot read golden file {path}: {str(err).splitlines()[0]}") from err
+    """A golden file, read like any checkpoint (weights_only, one-line errors for missing/empty/broken files)."""
+    data = load_checkpoint(path)
     return golden_from_dict(data, str(path), file_sha256(path))

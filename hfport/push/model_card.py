@@ -7,7 +7,7 @@ assembles the whole README.md from a converted folder's `config.json` and `hfpor
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -183,7 +183,7 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
     if hyper:
         body += ["", "<details><summary>Source hyper-parameters</summary>", "", "```json",
                  json.dumps(hyper, indent=2, sort_keys=True, default=str), "```", "", "</details>"]
-    body += ["", f"The full provenance record is in `hfport.json`"
+    body += ["", "The full provenance record is in `hfport.json`"
                  + (", the verification report in `verification.json`." if report is not None else ".")]
 
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
