@@ -277,7 +277,7 @@ def describe(checkpoint: dict) -> dict:
     return {
         "family": "OFA (fairseq)",
         "arch": args.get("arch") or args.get("_name"),
-        "structure": {k: v for k, v in structure.items()},
+        "structure": structure,
         "stated": {k: args.get(k) for k in ("attn_scale_factor", "disable_entangle", "entangle_position_embedding",
                                              "share_all_embeddings", "share_decoder_input_output_embed", "sync_bn",
                                              "code_image_size", "resnet_type") if k in args},

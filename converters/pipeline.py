@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from hfport import __version__
-from hfport.errors import HfportError, UnsupportedCheckpointError
+from hfport.errors import CheckpointError, ConfigError, HfportError, UnsupportedCheckpointError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
 from hfport.write.folder import check_output_file, check_output_path, staged_output
@@ -50,8 +50,6 @@ def reject_unused_options(unused: dict, family: str) -> None:
     """Options meant for the other family are a mistake worth saying, not something to ignore."""
     given = [k for k, v in unused.items() if v is not None and v is not False]
     if given:
-        from hfport.errors import ConfigError
-
         raise ConfigError(f"option(s) not used for {family} checkpoints: {', '.join('--' + k.replace('_', '-') for k in given)}")
 
 
@@ -69,7 +67,6 @@ def detect_family(checkpoint: dict, path: Path):
 
 def check_tensors(state: dict, path: Path) -> None:
     """A state dict holds tensors only; anything else means a damaged or foreign file."""
-    from hfport.errors import CheckpointError
     from hfport.mappings.templates import collapse_keys
 
     odd = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]

@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Mapping as MappingType
+from typing import Callable, Collection, Iterator, Mapping as MappingType
 
 import torch
 
@@ -126,7 +126,7 @@ class Mapping:
         *,
         direction: str = "forward",
         source_name: str = "source",
-        regenerators: MappingType[str, object] = (),
+        regenerators: Collection[str] = (),
     ) -> Plan:
         """Resolve every input key to a rule and check the result against the expected outputs.
 
@@ -221,7 +221,7 @@ class Mapping:
                     alias = rule.source[0].render(values)
                     steps.append(Step("copy", list(step.inputs), [alias], transpose=step.transpose))
 
-        self._check_outputs(steps, tied, expected_outputs, source_name, forward, input_shapes)
+        self._check_outputs(steps, tied, expected_outputs, source_name, forward)
         return Plan(direction, steps, dropped, tied, not_restored, regenerated)
 
     def _plan_single(self, rule, values, key, forward, input_shapes, expected):
@@ -269,7 +269,7 @@ class Mapping:
             if owner in input_shapes:
                 steps.append(Step("check", [key, owner], []))
 
-    def _check_outputs(self, steps, tied, expected, source_name, forward, input_shapes):
+    def _check_outputs(self, steps, tied, expected, source_name, forward):
         produced: dict[str, int] = {}
         for step in steps:
             if step.op == "check":
