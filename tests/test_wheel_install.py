@@ -37,8 +37,12 @@ def _build_wheel(workdir: Path) -> Path:
         else:
             shutil.copy2(REPO / item, source / item)
     dist = workdir / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", dist, source], cwd=workdir)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, source]
+    # the test interpreter's own setuptools when it can build (no download); else pip's isolated build (PyPI)
+    offline = subprocess.run(build[:5] + ["--no-build-isolation", "--no-index"] + build[5:], cwd=workdir,
+                             capture_output=True, text=True, timeout=600)
+    if offline.returncode != 0:
+        _run(build, cwd=workdir)
     wheels = list(dist.glob("hfport-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
