@@ -52,8 +52,8 @@ def resolve_tokenizer_source(source) -> str:
         raise ConfigError(f"cannot resolve the tokenizer {name!r}: it is no local folder and not on the Hub or in "
                           f"its cache ({first})") from None
     if not all(found):
-        raise ConfigError(f"cannot resolve the tokenizer {name!r}: the Hub repo has neither {' + '.join(files)} nor "
-                          "tokenizer.json")
+        raise ConfigError(f"cannot resolve the tokenizer {name!r}: no such local folder, and neither the Hub nor its "
+                          f"cache has {' + '.join(files)} or tokenizer.json for it (offline, or no such repo)")
     return name
 
 
