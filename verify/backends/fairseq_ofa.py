@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from hfport.fairseq_text import read_lines
 from hfport.read.torch_file import file_sha256
 from hfport.verify.scratch import scratch_dir
 
@@ -109,12 +110,11 @@ def prepare_bpe_dir(ofa_root: str, checkpoint: str, bpe_dir: Optional[str] = Non
         src = os.path.join(ofa_bpe, name)
         if os.path.isfile(src):
             os.symlink(src, os.path.join(out, name))
-    with open(task_dict) as f:
-        lines = f.read().splitlines()
+    lines = read_lines(task_dict)
     first = lines[0].split()[0] if lines else ""
     if first == "<s>":  # a full task dictionary
         lines = _base_dictionary(lines)
-    with open(os.path.join(out, "dict.txt"), "w") as f:
+    with open(os.path.join(out, "dict.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return out
 
