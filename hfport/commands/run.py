@@ -19,28 +19,52 @@ def load_folder(folder: Path):
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{folder} has no config.json: it is not a converted model folder")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
     if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         raise ConfigError(
             f"{folder} has no tokenizer / image processor, so text and images cannot be turned into inputs",
             hint="convert again with --bpe-dir (OFA) or --tokenizer (METER)",
         )
-    processor = transformers.AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    from hfport.verify.golden import folder_load_errors, read_folder_config
+
+    config = read_folder_config(folder)
+    with folder_load_errors(folder):
+        processor = transformers.AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
     architecture = (config.get("architectures") or [None])[0]
     auto_name = next((key for key, ref in config.get("auto_map", {}).items()
                       if key.startswith("AutoModel") and architecture and ref.endswith("." + architecture)), None)
     if auto_name is None:
         raise ConfigError(f"{folder}/config.json names no Auto class for its architecture {architecture!r}")
-    model = getattr(transformers, auto_name).from_pretrained(str(folder), trust_remote_code=True)
+    with folder_load_errors(folder):
+        model = getattr(transformers, auto_name).from_pretrained(str(folder), trust_remote_code=True)
     return config, processor, model.eval()
 
 
 def open_image(path: str):
-    from PIL import Image
+    """The image at ``path``, fully decoded; anything that is not one (a FIFO, a text file, a cut-off file, a
+    decompression bomb) is a one-line error, checked before decoding where possible."""
+    import stat
+    import warnings
 
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file (a pipe or device?); give an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ConfigError(f"{path}: refusing a decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise ConfigError(f"{path}: not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or damaged image data
+        raise ConfigError(f"{path}: damaged or truncated image ({err})") from None
 
 
 def run_ofa(processor, model, image, text, task, num_beams, max_length) -> dict:
