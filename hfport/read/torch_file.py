@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 
-from hfport.errors import CheckpointError, UnsafeCheckpointError
+from hfport.errors import CheckpointError, HfportError, UnsafeCheckpointError
 from hfport.read.pickle_ops import globals_in, protocol_of, to_protocol_2
 
 
@@ -114,7 +114,9 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
         if "zip" in message.lower() or "central directory" in message.lower() or "PytorchStreamReader" in message:
             raise CheckpointError(f"{path}: truncated or corrupt torch zip archive ({message})") from None
         raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({message})") from None
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OSError, MemoryError) as err:
+    except HfportError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever torch's parser raises on a damaged file is about the file
         raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: "
                               f"{_first_line(str(err))})") from None
     if not isinstance(checkpoint, dict):
