@@ -141,8 +141,8 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
       hfport run ./ofa-large-hf --image cat.jpg --text "what color is the cat?" --task vqa
       hfport run ./meter-vqa-hf --image cat.jpg --text "what color is the cat?" --top-k 3
     """
+    pictures = [open_image(path) for path in images]  # before the model loads: a bad image fails fast
     config, processor, model = load_folder(folder)
-    pictures = [open_image(path) for path in images]
     family = "ofa" if config.get("model_type", "").lower().startswith("ofa") else "meter"
     if family == "ofa":
         if len(pictures) != 1:

@@ -529,7 +529,7 @@ CASES: list[Case] = [
     Case("run", "not-an-image", lambda b: _run(b, _text_file(b))),
     Case("run", "truncated-image", lambda b: _run(b, _truncated_png(b))),
     Case("run", "decompression-bomb-png", lambda b: _run(b, bomb_png(b.work / "bomb.png"))),
-    Case("run", "fifo-instead-of-image", lambda b: _run(b, _fifo(b), subprocess=True, timeout=60)),
+    Case("run", "fifo-instead-of-image", lambda b: _run(b, _fifo(b), subprocess=True, timeout=120)),
     Case("run", "word-longer-than-positions", lambda b: _run(b, _small_image(b), "--text", "x" * 3000,
                                                              expect="accept", exit_code=0)),
     # messages: what a checkpoint key can do to a terminal
