@@ -82,8 +82,11 @@ def task_arguments(checkpoint: dict) -> dict:
 
 def _layer_count(keys, prefix: str) -> int:
     indices = {int(m.group(1)) for k in keys if (m := re.match(rf"{prefix}\.layers\.(\d+)\.", k))}
-    if indices and indices != set(range(max(indices) + 1)):
-        raise ConfigError(f"{prefix} layers are not numbered 0..N-1: {sorted(indices)}")
+    # counted, never expanded into a range: an index in a key may be 10**8
+    if indices and (min(indices) != 0 or max(indices) != len(indices) - 1):
+        shown = sorted(indices)
+        raise ConfigError(f"{prefix} layers are not numbered 0..N-1: "
+                          + ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else ""))
     return len(indices)
 
 
@@ -138,6 +141,7 @@ def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
 
     fields = set(getattr(OFAConfig, "__annotations__", {}))
     values = {k: v for k, v in args.items() if k in fields and v is not None}
+    _check_value_types(values, OFAConfig())
     contradictions = []
     for name, value in structure.items():
         if name == "resnet_blocks":
@@ -171,6 +175,25 @@ def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
     }
     config.architectures = ["OFAForConditionalGeneration"]
     return config
+
+
+def _check_value_types(values: dict, defaults) -> None:
+    """A hyper-parameter the config takes as a number (or flag, or name) must be one: 'high' is no dropout."""
+    wrong = []
+    for name, value in values.items():
+        default = getattr(defaults, name, None)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            wrong.append(f"{name}={value!r} (expected {type(default).__name__})")
+    if wrong:
+        raise ConfigError("hyper-parameters of the wrong type: " + "; ".join(wrong[:6]))
 
 
 def _differs(stated, derived) -> bool:

@@ -20,10 +20,10 @@ from typing import Any, Callable
 import torch
 
 from hfport import __version__
-from hfport.errors import CheckpointError, ConfigError, HfportError
+from hfport.errors import CheckpointError, ConfigError, HfportError, MappingError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
-from hfport.write.folder import check_output_file, check_output_path, staged_output
+from hfport.write.folder import check_output_file, check_output_path, output_identity, staged_output
 from hfport.write.safetensors_shards import ShardedSafetensorsWriter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -60,13 +60,79 @@ def detect_family(checkpoint: dict, path: Path):
     return detect(checkpoint, path)
 
 
-def check_tensors(state: dict, path: Path) -> None:
-    """A state dict holds tensors only; anything else means a damaged or foreign file."""
+def check_tensors(state: Any, path: Path) -> None:
+    """A state dict maps names to dense tensors that own their bytes; anything else means a damaged, foreign
+    or hostile file. Checked before any tensor is materialised: a broadcast (stride-0) view of a few bytes of
+    storage would otherwise become gigabytes when written out."""
     from hfport.mappings.templates import collapse_keys
 
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the state dict is a {type(state).__name__}, expected a dict of tensors")
+    odd_keys = [repr(k) for k in state if not isinstance(k, str)]
+    if odd_keys:
+        raise CheckpointError(f"{path}: the state dict has non-string keys: {', '.join(odd_keys[:6])}")
     odd = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
         raise CheckpointError(f"{path}: the state dict holds non-tensor values at {collapse_keys(odd, 6)}")
+    for key, tensor in state.items():
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"{path}: {key} is a {str(tensor.layout).removeprefix('torch.')} tensor; "
+                                  "weights must be dense")
+        if tensor.device.type != "cpu":
+            raise CheckpointError(f"{path}: {key} is a {tensor.device.type} tensor without data")
+        stored = tensor.untyped_storage().nbytes()
+        needed = tensor.numel() * tensor.element_size()
+        if needed > stored or any(st == 0 and n > 1 for n, st in zip(tensor.shape, tensor.stride())):
+            raise CheckpointError(
+                f"{path}: {key} is a broadcast view: {list(tensor.shape)} ({needed:,} bytes) over {stored:,} bytes "
+                "of storage; refusing to expand it")
+
+
+def target_dtypes(model_class: type, config) -> dict[str, torch.dtype]:
+    with torch.device("meta"):
+        model = model_class(config)
+    return {k: v.dtype for k, v in model.state_dict().items()}
+
+
+def check_dtypes(plan, state: dict, expected: dict[str, torch.dtype], source_name: str) -> None:
+    """Floating-point parameters come from floating-point tensors (no int/bool/complex weights)."""
+    from hfport.mappings.templates import collapse_keys
+
+    wrong = {}
+    for step in plan.steps:
+        if step.op == "check":
+            continue
+        wants_float = any(expected.get(k, torch.float32).is_floating_point for k in step.outputs)
+        for key in step.inputs:
+            if wants_float and key in state and not state[key].is_floating_point():
+                wrong[key] = str(state[key].dtype).removeprefix("torch.")
+    if wrong:
+        shown = ", ".join(f"{k} ({v})" for k, v in sorted(wrong.items())[:6])
+        raise MappingError(f"{source_name}: floating-point parameters stored as non-float tensors: {shown}"
+                           + (f" and {len(wrong) - 6} more" if len(wrong) > 6 else ""))
+
+
+def describe_nonfinite(counts: dict[str, tuple[int, int]]) -> str:
+    shown = ", ".join(f"{k} ({nan} NaN, {inf} inf)" for k, (nan, inf) in list(counts.items())[:6])
+    return f"{len(counts)} tensor(s) hold non-finite values: {shown}" + (" ..." if len(counts) > 6 else "")
+
+
+def _nonfinite(tensor: torch.Tensor) -> tuple[int, int] | None:
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    return nan, int(tensor.numel() - int(torch.isfinite(tensor).sum()) - nan)
+
+
+def prepare_family(family, checkpoint: dict, source: Path, **options) -> "Prepared":
+    """The family's derivation, with malformed hyper-parameters and shapes reported as one line."""
+    try:
+        return family.prepare(checkpoint, source, **options)
+    except HfportError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as err:
+        raise ConfigError(f"{source}: cannot derive the model from this checkpoint's hyper-parameters and shapes "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
@@ -84,6 +150,7 @@ def convert_checkpoint(
     dtype: str | None = None,
     max_shard_size: str | int = "2GB",
     trust_pickle: bool = False,
+    allow_nonfinite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     **options,
 ) -> Path:
@@ -94,28 +161,39 @@ def convert_checkpoint(
     """
     source, output = Path(source), Path(output)
     output = check_output_path(output, force, protect=source)  # resolved; fails before reading a multi-GB file
+    existing = output_identity(output)  # --force replaces this folder, nothing that appears later
     if dtype is not None and dtype not in DTYPES:
         raise HfportError(f"unknown --dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     checkpoint = load_checkpoint(source, trust=trust_pickle)
     family = detect_family(checkpoint, source)
     check_tensors(checkpoint[family.state_key], source)
-    prepared: Prepared = family.prepare(checkpoint, source, **options)
+    source_sha256 = file_sha256(source)  # also checks every archive member's CRC-32, in the same pass
+    prepared: Prepared = prepare_family(family, checkpoint, source, **options)
     mapping = Mapping.load(family.mapping)
     expected = target_shapes(prepared.model_class, prepared.config)
     shapes = {k: tuple(v.shape) for k, v in prepared.state_dict.items()}
     plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name)
+    check_dtypes(plan, prepared.state_dict, target_dtypes(prepared.model_class, prepared.config), source.name)
 
     out_dtype = DTYPES[dtype] if dtype else prepared.source_dtype
     prepared.config.dtype = str(out_dtype).removeprefix("torch.")
-    with staged_output(output, force, protect=source) as staging:
+    nonfinite: dict[str, tuple[int, int]] = {}
+    with staged_output(output, force, protect=source, existing=existing) as staging:
         writer = ShardedSafetensorsWriter(staging, max_shard_size)
         total = len(plan.output_keys)
         for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name), 1):
             if tensor.is_floating_point() and tensor.dtype != out_dtype:
                 tensor = tensor.to(out_dtype)
+            if (counts := _nonfinite(tensor)) is not None:  # after the cast: fp16 overflow counts too
+                nonfinite[key] = counts
             writer.add(key, tensor)
             if progress:
                 progress(key, done, total)
+        if nonfinite and not allow_nonfinite:
+            raise ConfigError(f"{source.name}: {describe_nonfinite(nonfinite)}",
+                              hint="if these values are intended, rerun with --allow-nonfinite")
+        if nonfinite:
+            prepared.notes.append(describe_nonfinite(nonfinite) + " (kept: --allow-nonfinite)")
         written = writer.close()
         prepared.config.save_pretrained(staging)
         for path in prepared.model_files:
@@ -127,7 +205,7 @@ def convert_checkpoint(
             "hfport_version": __version__,
             "source": {
                 "file": source.name,
-                "sha256": file_sha256(source),
+                "sha256": source_sha256,
                 "size": source.stat().st_size,
                 "format": prepared.source_format,
             },

@@ -55,6 +55,13 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+def printable(text: str) -> str:
+    """Control characters (newlines, terminal escapes) from checkpoint keys or file names, made visible:
+    one error stays one line, and nothing in a message can drive the terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 def main(argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -62,10 +69,21 @@ def main(argv=None) -> int:
     except HfportError as err:
         if debug:
             raise
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {printable(str(err))}", err=True)
         if err.hint:
-            click.echo(f"       {err.hint}", err=True)
+            click.echo(f"       {printable(err.hint)}", err=True)
         return err.exit_code
+    except RecursionError:  # hostile input: structures nested thousands deep
+        if debug:
+            raise
+        click.echo("error: the input is nested too deeply to be processed", err=True)
+        return 2
+    except OSError as err:  # the file system said no: read-only, full, a size limit, a name too long
+        if debug:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        click.echo(printable(f"error: {err.strerror or err}{where}"), err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -80,7 +98,8 @@ def main(argv=None) -> int:
     except Exception as err:  # a bug in hfport: still one line, unless --debug
         if debug:
             raise
-        click.echo(f"error: internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)", err=True)
+        click.echo(printable(f"error: internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)"),
+                   err=True)
         return 3
     return 0
 

@@ -71,18 +71,24 @@ def collapse_keys(keys, limit: int = 12) -> str:
         columns = list(zip(*numbers))
         pieces = [_span(sorted(set(column))) for column in columns]
         rendered.append(_fill(shape, pieces))
-    text = ", ".join(rendered[:limit])
+    text = ", ".join(_visible(r) for r in rendered[:limit])
     if len(rendered) > limit:
         text += f", ... ({len(rendered) - limit} more groups)"
     return text
 
 
+def _visible(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def _span(values: list[int]) -> str:
+    """``values`` sorted and distinct; counted, never expanded (an index may be 10**8)."""
     if len(values) == 1:
         return str(values[0])
-    if values == list(range(values[0], values[-1] + 1)):
+    if values[-1] - values[0] + 1 == len(values):
         return "{%d..%d}" % (values[0], values[-1])
-    return "{" + ",".join(map(str, values)) + "}"
+    shown = ",".join(map(str, values[:8]))
+    return "{" + shown + (f",... {len(values) - 8} more" if len(values) > 8 else "") + "}"
 
 
 def _fill(shape: str, numbers) -> str:

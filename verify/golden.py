@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import contextlib
+import json
+
 import torch
 
-from hfport.errors import CheckpointError
+from hfport.errors import CheckpointError, ConfigError
 from hfport.read.torch_file import file_sha256, load_checkpoint
 
 
@@ -74,3 +77,55 @@ def load_golden(path: str | Path) -> Golden:
     """A golden file, read like any checkpoint (weights_only, one-line errors for missing/empty/broken files)."""
     data = load_checkpoint(path)
     return golden_from_dict(data, str(path), file_sha256(path))
+
+
+def read_folder_config(folder: Path) -> dict:
+    """A converted folder's config.json, or a one-line error when it is not JSON."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable config ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a config (a JSON {type(config).__name__}, expected an object)")
+    return config
+
+
+@contextlib.contextmanager
+def folder_load_errors(folder: Path):
+    """Loading weights that are missing, damaged or foreign is a one-line error, not a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as err:
+        message = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(f"{folder}: cannot load the converted model ({type(err).__name__}: {message[:200]})") \
+            from None
+
+
+def _vocab_size(config: dict) -> int | None:
+    for holder in (config, config.get("text_config") or {}):
+        if isinstance(holder, dict) and isinstance(holder.get("vocab_size"), int):
+            return holder["vocab_size"]
+    return None
+
+
+def check_token_ids(golden: Golden, config: dict) -> None:
+    """Token ids in a golden file are integers inside the model's vocabulary."""
+    vocab = _vocab_size(config)
+    for set_name, inputs in golden.sets.items():
+        for name, value in inputs.items():
+            if not isinstance(value, torch.Tensor) or not ("tokens" in name or name.endswith("ids")):
+                continue
+            if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+                raise CheckpointError(f"{golden.path}: {set_name}.{name} holds {str(value.dtype)[6:]} values, "
+                                      "expected integer token ids")
+            if value.numel() and (int(value.min()) < 0 or (vocab is not None and int(value.max()) >= vocab)):
+                raise CheckpointError(f"{golden.path}: {set_name}.{name} has token ids in "
+                                      f"[{int(value.min())}, {int(value.max())}], outside the vocabulary 0..{vocab - 1 if vocab else '?'}")
+    for generation in golden.generations:
+        for ids in generation.tokens:
+            if vocab is not None and any(i < 0 or i >= vocab for i in ids):
+                raise CheckpointError(f"{golden.path}: generation {generation.name} has token ids outside the "
+                                      f"vocabulary 0..{vocab - 1}")

@@ -19,7 +19,7 @@ from hfport.errors import ConfigError, HfportError
 from hfport.family import ConvertedFolder, get_family
 from hfport.verify import probes
 from hfport.read.torch_file import file_sha256
-from hfport.verify.golden import Golden, load_golden
+from hfport.verify.golden import Golden, check_token_ids, folder_load_errors, load_golden, read_folder_config
 from hfport.verify.localise import first_divergence
 from hfport.verify.report import SCHEMA, write_report
 
@@ -199,6 +199,7 @@ def verify_folder(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder} is not a converted model folder (no config.json)")
+    folder_config = read_folder_config(folder)
     if (golden is None) == (against is None):
         raise ConfigError("give exactly one reference: --golden FILE or --against CKPT --reference-code DIR")
     converted_folder = ConvertedFolder.open(folder, require_provenance=False)
@@ -225,11 +226,13 @@ def verify_folder(
                           "python": reference_python or "in-process", "seconds": round(time.time() - recorded, 3)}
     if reference.family != family.name:
         raise ConfigError(f"the reference is a {reference.family} golden file but {folder} holds a {family.name} model")
+    check_token_ids(reference, folder_config)
 
     if converted is None:
         from hfport.verify.backends.hf import ConvertedBackend
 
-        converted = ConvertedBackend(converted_folder)
+        with folder_load_errors(folder):
+            converted = ConvertedBackend(converted_folder)
     result = run_verification(family, reference, converted, tolerance, check_beam)
     report = {
         "schema": SCHEMA,

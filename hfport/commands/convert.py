@@ -17,6 +17,7 @@ from hfport.converters.pipeline import convert_checkpoint
 @click.option("--max-shard-size", default="2GB", show_default=True, help="Split weights into shards of at most this size.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow arbitrary pickled objects (only for files you trust).")
+@click.option("--allow-nonfinite", is_flag=True, help="Convert weights that hold NaN or inf (refused by default).")
 @click.option("--bpe-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="OFA: the utils/BPE folder (dict.txt, encoder.json, vocab.bpe) to build the tokenizer from.")
 @click.option("--bpe", type=click.Choice(["gpt2", "bert"]), help="OFA: tokenizer kind (default: from the checkpoint).")
@@ -25,7 +26,7 @@ from hfport.converters.pipeline import convert_checkpoint
 @click.option("--tokenizer", help="METER: tokenizer folder or id to ship with the model.")
 @click.option("--head", help="METER: which task head to keep when a checkpoint has several (vqa, itm, mlm, ...).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, bpe_dir, bpe, patch_image_size,
+def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, bpe, patch_image_size,
             text_config, tokenizer, head, quiet):
     """Convert an OFA (.pt) or METER (.ckpt) checkpoint into a Hugging Face model folder.
 
@@ -43,7 +44,7 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, bpe_
     options = {k: v for k, v in options.items() if v is not None}
     if quiet:
         folder = convert_checkpoint(checkpoint, output, force=force, dtype=dtype, max_shard_size=max_shard_size,
-                                    trust_pickle=trust_pickle, **options)
+                                    trust_pickle=trust_pickle, allow_nonfinite=allow_nonfinite, **options)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -55,7 +56,8 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, bpe_
                 bar.update(task, completed=done, total=total)
 
             folder = convert_checkpoint(checkpoint, output, force=force, dtype=dtype, max_shard_size=max_shard_size,
-                                        trust_pickle=trust_pickle, progress=progress, **options)
+                                        trust_pickle=trust_pickle, allow_nonfinite=allow_nonfinite, progress=progress,
+                                        **options)
     _summary(folder, quiet)
 
 

@@ -10,6 +10,7 @@ import click
 import torch
 
 from hfport.converters.pipeline import check_tensors, detect_family
+from hfport.errors import ConfigError, HfportError
 from hfport.read.torch_file import load_checkpoint
 
 
@@ -28,7 +29,13 @@ def summarise(path: Path, trust_pickle: bool = False) -> dict:
     checkpoint = load_checkpoint(path, trust=trust_pickle)
     family = detect_family(checkpoint, path)
     check_tensors(checkpoint[family.state_key], path)
-    facts = family.describe(checkpoint)
+    try:
+        facts = family.describe(checkpoint)
+    except HfportError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as err:
+        raise ConfigError(f"{path}: cannot derive the model from this checkpoint's hyper-parameters and shapes "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
     weights = facts.pop("weights")
     baggage = facts.pop("baggage")
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in weights.values())

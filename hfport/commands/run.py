@@ -31,11 +31,31 @@ def open_folder(folder: Path):
 
 
 def open_image(path: str):
-    from PIL import Image
+    """The image at ``path``, fully decoded; anything that is not one (a FIFO, a text file, a cut-off file, a
+    decompression bomb) is a one-line error, checked before decoding where possible."""
+    import stat
+    import warnings
 
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file (a pipe or device?); give an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ConfigError(f"{path}: refusing a decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise ConfigError(f"{path}: not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or damaged image data
+        raise ConfigError(f"{path}: damaged or truncated image ({err})") from None
 
 
 @click.command("run")
@@ -61,8 +81,8 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
     """
     from hfport.family import RunInputs
 
+    pictures = [open_image(path) for path in images]  # before the model loads: a bad image fails fast
     converted = open_folder(folder)
-    pictures = [open_image(path) for path in images]
     inputs = RunInputs(images=pictures, text=text, task=task, num_beams=1 if greedy else num_beams,
                        max_length=max_length, top_k=top_k)
     result = converted.family.run(converted, inputs)

@@ -43,8 +43,16 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
       hfport verify ./ofa-large-hf --against ofa_large.pt --reference-code ~/src/OFA --reference-python ~/fs/bin/python
       hfport verify ./ofa-large-hf --against ofa_large.pt --reference-code ~/src/OFA --image cat.jpg --text " what does the image describe?"
     """
+    import math
+
     from hfport.verify.harness import verify_folder
     from hfport.verify.report import print_summary, report_markdown
+
+    for option, value in (("--atol", atol), ("--rtol", rtol), ("--scale-rtol", scale_rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{option} must be a finite number >= 0, not {value}")
+    if report_path is not None and report_path.is_dir():
+        raise ConfigError(f"--report {report_path} is a folder; give a file name for the JSON report")
 
     if golden is None and against is None:
         raise ConfigError("give a reference: --golden FILE or --against CKPT --reference-code DIR")

@@ -51,7 +51,16 @@ class ShardedSafetensorsWriter:
 
     def _flush(self) -> None:
         index = len(self._shards)
-        save_file(self._pending, str(self.folder / f".shard-{index:05d}.safetensors"), metadata=self.metadata)
+        path = self.folder / f".shard-{index:05d}.safetensors"
+        try:
+            save_file(self._pending, str(path), metadata=self.metadata)
+        except OSError:
+            raise
+        except Exception as err:  # safetensors reports I/O failures (disk full, file-size limit) as its own error
+            if "I/O error" in str(err) or "os error" in str(err):
+                raise HfportError(f"cannot write the weights into {self.folder.parent}: "
+                                  f"{str(err).split('I/O error:')[-1].strip()}") from None
+            raise
         self._shards.append(list(self._pending))
         self._pending, self._pending_bytes = {}, 0
 

@@ -1,0 +1,1 @@
+"""Hostile inputs made on the fly (never stored as binaries): the corpus, its runner, and the reader fuzzer."""
