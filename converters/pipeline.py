@@ -193,8 +193,10 @@ def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force
     where = {key: handle for handle in handles for key in handle.keys()}
     mapping = Mapping.load(family.MAPPING)
     flags = family.export_flags(config)
+    recorded = provenance.get("dropped")  # the source keys this conversion dropped, as it recorded them
     plan = mapping.plan({k: tuple(h.get_slice(k).get_shape()) for k, h in where.items()}, None, flags,
-                        direction="backward", source_name=folder.name, regenerators=family.REGENERATED)
+                        direction="backward", source_name=folder.name, regenerators=family.REGENERATED,
+                        dropped_at_conversion=recorded if isinstance(recorded, dict) else None)
     state = dict(Mapping.run(plan, lambda k: where[k].get_tensor(k), folder.name, family.regenerator(config)))
     checkpoint = family.original_checkpoint(config, state, provenance)
     output.parent.mkdir(parents=True, exist_ok=True)

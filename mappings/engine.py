@@ -127,11 +127,15 @@ class Mapping:
         direction: str = "forward",
         source_name: str = "source",
         regenerators: Collection[str] = (),
+        dropped_at_conversion: MappingType[str, str] | None = None,
     ) -> Plan:
         """Resolve every input key to a rule and check the result against the expected outputs.
 
         ``expected_outputs`` maps every output key the other side needs to its shape (for HF targets: the
         model's state dict built on the meta device). Backwards it may be None (no inventory to check).
+        ``dropped_at_conversion`` (backwards): the source keys the forward run dropped, with their reasons (the
+        converted folder's record); the keys that cannot come back, and those regenerated, are exactly these.
+        Without it they are guessed from the drop/derive templates (only those naming fixed keys).
         """
         if direction not in ("forward", "backward"):
             raise ValueError(direction)
@@ -199,6 +203,13 @@ class Mapping:
                         owner = rule.same_as.render(values)
                         if rule.source[0].render(values) not in input_shapes and owner in input_shapes:
                             tied.setdefault(rule.target[0].render(values), rule.tied_to.render(values))
+        elif dropped_at_conversion is not None:
+            for key, reason in dropped_at_conversion.items():
+                generator = self._generator_for(key, regenerators)
+                if generator:
+                    regenerated[key] = generator
+                else:
+                    not_restored[key] = reason
         else:
             for rule in rules:
                 if rule.kind in ("drop", "derive"):
@@ -208,6 +219,7 @@ class Mapping:
                                 regenerated[key] = rule.regenerate
                             else:
                                 not_restored[key] = rule.reason
+        if not forward:
             # ties backwards: every alias is a copy of the key it must equal, produced from its owner
             for rule in rules:
                 if rule.kind != "tie":
@@ -223,6 +235,13 @@ class Mapping:
 
         self._check_outputs(steps, tied, expected_outputs, source_name, forward)
         return Plan(direction, steps, dropped, tied, not_restored, regenerated)
+
+    def _generator_for(self, key: str, regenerators: Collection[str]) -> str | None:
+        """The generator that rebuilds a dropped source key backwards, if its rule names one the caller has."""
+        for rule in self.rules:
+            if rule.kind in ("drop", "derive") and any(t.match(key) is not None for t in rule.source):
+                return rule.regenerate if rule.regenerate in regenerators else None
+        return None
 
     def _plan_single(self, rule, values, key, forward, input_shapes, expected):
         if rule.kind == "rename":

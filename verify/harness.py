@@ -20,7 +20,7 @@ from hfport.verify import probes
 from hfport.verify.compare import compare_tensors
 from hfport.read.torch_file import file_sha256
 from hfport.verify.golden import Golden, load_golden
-from hfport.verify.localise import first_divergence
+from hfport.verify.localise import first_divergence, vision_kind
 from hfport.verify.report import SCHEMA, write_report
 
 # fp32 policy (lossless storage): the issues' demands; METER's fixtures put the fp64 floor at <= 5.4e-6.
@@ -147,17 +147,20 @@ def compare_generations(golden: Golden, converted: Backend, check_beam: bool) ->
 
 
 def run_verification(family: str, golden: Golden, converted: Backend, tolerance: dict[str, Any],
-                     check_beam: bool = False) -> dict[str, Any]:
-    """Compare a converted backend against a reference; the report without the outer identification."""
+                     check_beam: bool = False, vision: str = "clip") -> dict[str, Any]:
+    """Compare a converted backend against a reference; the report without the outer identification.
+
+    `vision` (METER: "clip" or "swin") picks the image tower's module names for the first divergence."""
     outputs: list[dict[str, Any]] = []
     for set_name, inputs in golden.sets.items():
         trace = converted.trace(inputs)
         outputs += compare_set(family, set_name, inputs, golden.traces[set_name], trace, golden,
                                tolerance["atol"], tolerance["rtol"], tolerance.get("scale_rtol", 0.0))
     generation = compare_generations(golden, converted, check_beam) if family == "ofa" else []
-    divergence = first_divergence(outputs, golden.order)
+    divergence = first_divergence(outputs, golden.order, vision)
     if divergence is None and any(not r["passed"] for r in outputs):  # names outside the known order
-        divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None}
+        divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None,
+                            "converted_module": None}
                            for r in outputs if not r["passed"]), None)
     passed = all(r["passed"] for r in outputs) and all(g["exact"] for g in generation if g["required"])
     return {"passed": passed, "outputs": outputs, "generation": generation, "first_divergence": divergence}
@@ -279,7 +282,8 @@ def verify_folder(
         from hfport.verify.backends.hf import ConvertedBackend
 
         converted = ConvertedBackend(folder, family)
-    result = run_verification(family, reference, converted, tolerance, check_beam)
+    vision = vision_kind((_read_json(folder / "config.json").get("vision_config") or {}).get("model_type"))
+    result = run_verification(family, reference, converted, tolerance, check_beam, vision)
     report = {
         "schema": SCHEMA,
         "passed": result["passed"],

@@ -44,7 +44,7 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
       hfport verify ./ofa-large-hf --against ofa_large.pt --reference-code ~/src/OFA --image cat.jpg --text " what does the image describe?"
     """
     from hfport.verify.harness import verify_folder
-    from hfport.verify.report import print_summary, report_markdown
+    from hfport.verify.report import divergence_line, print_summary, report_markdown
 
     if golden is None and against is None:
         raise ConfigError("give a reference: --golden FILE or --against CKPT --reference-code DIR")
@@ -60,5 +60,5 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
         print_summary(report)
     if not report["passed"]:
         div = report.get("first_divergence")
-        where = f"; first divergence: {div['layer']} ({div['name']})" if div else ""
+        where = f"; first divergence: {divergence_line(div)}" if div else ""
         raise VerificationFailed(f"{folder} does not match the reference within atol {report['tolerance']['atol']:g}{where}")
