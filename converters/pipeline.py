@@ -122,6 +122,9 @@ def convert_checkpoint(
             if progress:
                 progress(key, done, total)
         written = writer.close()
+        # the converter's auto_map stands: a class registered for an Auto class elsewhere in this process
+        # (`register_for_auto_class`) would otherwise have save_pretrained rewrite it
+        prepared.config._auto_class = None
         prepared.config.save_pretrained(staging)
         for path in prepared.model_files:
             shutil.copy2(path, staging / path.name)
