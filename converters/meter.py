@@ -224,7 +224,8 @@ def build_config(state: dict, hp: dict, text, head_class: str, kept: set[str]):
     if num_labels is not None:
         values["num_labels"] = num_labels
     config = MeterConfig(**values)
-    auto = {"AutoConfig": "configuration_meter.MeterConfig", "AutoModel": f"modeling_meter.{head_class}"}
+    # the head's own config class, from the modeling file: see "folder configs" in modeling_meter.py
+    auto = {"AutoConfig": f"modeling_meter.{head_class}Config", "AutoModel": f"modeling_meter.{head_class}"}
     task_auto = {"MeterForMaskedLM": "AutoModelForMaskedLM", "MeterForPreTraining": "AutoModelForPreTraining",
                  "MeterForQuestionAnswering": "AutoModelForVisualQuestionAnswering",
                  "MeterForVisualEntailment": "AutoModelForSequenceClassification",

@@ -83,8 +83,11 @@ class MeterFamily(BaseFamily):
     def golden_from_dict(self, data, path, sha256):
         return meter_verify.golden_from_dict(data, path, sha256)
 
-    def describe_trace(self, base, layer):
-        return meter_verify.describe_trace(base, layer)
+    def describe_trace(self, base, layer, variant=None):
+        return meter_verify.describe_trace(base, layer, variant)
+
+    def trace_variant(self, config):
+        return meter_verify.trace_variant(config)
 
     # -- hfport run --------------------------------------------------------------------------------------------
     def run(self, folder, inputs: RunInputs) -> dict:

@@ -22,23 +22,47 @@ METER_HEADS = ("vqa_logits", "itm_logits", "mlm_logits", "snli_logits", "rank_sc
 METER_TEXT_STREAMS = ("text_embeddings", "text_encoder", "fusion_text", "text_feats", "mlm_logits")
 
 # trace name (without layer index / pass suffix) -> (human name, module path in the HF-style layout or None)
+# trace name -> (what it is, modules in the original checkpoint, modules in the converted model or None = same)
 TRACE_NAMES = {
-    "text_embeddings": ("text embeddings", "text_model.embeddings"),
-    "text_encoder_output": ("text encoder output", None),
-    "image_embeddings": ("image embeddings", "vision_model.embeddings"),
-    "image_encoder_output": ("image encoder output (final layer norm)", None),
-    "fusion_text_input": ("fusion text input (projection + token type)", None),
-    "fusion_image_input": ("fusion image input (projection + token type)", None),
-    "text_feats": ("fusion text output", None),
-    "image_feats": ("fusion image output", None),
-    "cls_feats": ("poolers (cls features)", None),
-    "vqa_logits": ("VQA head", None),
-    "itm_logits": ("ITM head", None),
-    "mlm_logits": ("MLM head", None),
-    "nlvr2_logits": ("NLVR2 head", None),
-    "snli_logits": ("SNLI-VE head", None),
-    "rank_scores": ("retrieval rank head", None),
+    "text_embeddings": ("text embeddings", ("text_transformer.embeddings",), ("meter.text_model.embeddings",)),
+    "text_encoder_output": ("text encoder output, its last layer", (), None),
+    "fusion_text_input": ("fusion text input: projection + token type",
+                          ("cross_modal_text_transform", "token_type_embeddings"),
+                          ("meter.cross_modal_text_transform", "meter.token_type_embeddings")),
+    "fusion_image_input": ("fusion image input: projection + token type",
+                           ("cross_modal_image_transform", "token_type_embeddings"),
+                           ("meter.cross_modal_image_transform", "meter.token_type_embeddings")),
+    "text_feats": ("fusion text output, its last layer", (), None),
+    "image_feats": ("fusion image output, its last layer", (), None),
+    "cls_feats": ("poolers: cls features", ("cross_modal_text_pooler", "cross_modal_image_pooler"),
+                  ("meter.cross_modal_text_pooler", "meter.cross_modal_image_pooler")),
+    "vqa_logits": ("VQA head", ("vqa_classifier",), None),
+    "itm_logits": ("ITM head", ("itm_score",), None),
+    "mlm_logits": ("MLM head", ("mlm_score",), None),
+    "nlvr2_logits": ("NLVR2 head", ("nlvr2_classifier",), None),
+    "snli_logits": ("SNLI-VE head", ("snli_classifier",), None),
+    "rank_scores": ("retrieval rank head", ("rank_output",), None),
 }
+# the image tower by kind: embeddings, one layer (block or stage), final norm; (original, converted)
+VISION_MODULES = {
+    "clip": {
+        "embeddings": (("vit_model.visual.conv1", "vit_model.visual.class_embedding",
+                        "vit_model.visual.positional_embedding", "vit_model.visual.ln_pre"),
+                       ("meter.vision_model.embeddings", "meter.vision_model.pre_layrnorm")),
+        "layer": ("vit_model.visual.transformer.resblocks.{i}", "meter.vision_model.encoder.layers.{i}"),
+        "output": (("vit_model.visual.ln_post",), ("meter.vision_model.post_layernorm",)),
+    },
+    "swin": {
+        "embeddings": (("vit_model.patch_embed", "vit_model.absolute_pos_embed"), ("meter.vision_model.embeddings",)),
+        "layer": ("vit_model.layers.{i}", "meter.vision_model.encoder.layers.{i}"),
+        "output": (("vit_model.norm",), ("meter.vision_model.layernorm",)),
+    },
+}
+
+
+def vision_kind(model_type: str | None) -> str:
+    """The image tower kind from a vision config's `model_type` (or METER's own `vit` name)."""
+    return "swin" if model_type and "swin" in str(model_type).lower() else "clip"
 
 
 # -- probes and user inputs ------------------------------------------------------------------------------------
@@ -157,13 +181,30 @@ def golden_from_dict(data: dict[str, Any], path: str | None = None, sha256: str 
 
 # -- localisation --------------------------------------------------------------------------------------------------
 
-def describe_trace(base: str, layer: int | None) -> tuple[str, str | None] | None:
-    """(human name, module path) of a METER trace entry, or None when it is not one of METER's."""
+def describe_trace(base: str, layer: int | None, variant: str | None = None):
+    """(what, original modules, converted modules or None) of a METER trace entry, or None when not METER's.
+
+    METER's per-layer lists have no embedding entry: entry i is the output of layer i. `variant` is the image
+    tower kind ("clip", the default, or "swin")."""
+    vision = VISION_MODULES.get(variant or "clip", VISION_MODULES["clip"])
     if base == "text_encoder_layers" and layer is not None:
-        return f"text encoder layer {layer}", f"text encoder layers.{layer}"
+        return (f"output of text encoder layer {layer}", (f"text_transformer.encoder.layer.{layer}",),
+                (f"meter.text_model.encoder.layer.{layer}",))
     if base == "image_encoder_layers" and layer is not None:
-        return f"image encoder layer {layer}", f"image encoder layers.{layer}"
+        original, converted = vision["layer"]
+        unit = "stage" if variant == "swin" else "block"
+        return f"output of image encoder {unit} {layer}", (original.format(i=layer),), (converted.format(i=layer),)
+    if base in ("image_embeddings", "image_encoder_output"):
+        part = "embeddings" if base == "image_embeddings" else "output"
+        original, converted = vision[part]
+        what = "image embeddings" if part == "embeddings" else "image encoder output: final layer norm"
+        return what, original, converted
     if base in ("fusion_text_layers", "fusion_image_layers") and layer is not None:
         stream = "text" if "text" in base else "image"
-        return f"fusion layer {layer} ({stream} stream)", f"cross-modal {stream} layers.{layer}"
+        module = f"cross_modal_{stream}_layers.{layer}"
+        return f"output of fusion layer {layer}, {stream} stream", (module,), (f"meter.{module}",)
     return TRACE_NAMES.get(base)
+
+
+def trace_variant(config: dict) -> str:
+    return vision_kind(((config or {}).get("vision_config") or {}).get("model_type"))

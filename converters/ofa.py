@@ -169,7 +169,9 @@ def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
     except (ValueError, TypeError) as err:
         raise ConfigError(f"unsupported OFA configuration: {err}") from None
     config.auto_map = {
-        "AutoConfig": "configuration_ofa.OFAConfig",
+        # through the modeling file: the config class (the Auto registry's key) then carries that file's hash, so a
+        # folder named like one loaded earlier but holding other code never gets the earlier folder's classes
+        "AutoConfig": "modeling_ofa.OFAConfig",
         "AutoModel": "modeling_ofa.OFAModel",
         "AutoModelForSeq2SeqLM": "modeling_ofa.OFAForConditionalGeneration",
     }

@@ -87,8 +87,8 @@ class OFAFamily(BaseFamily):
     def golden_from_dict(self, data, path, sha256):
         return ofa_verify.golden_from_dict(data, path, sha256)
 
-    def describe_trace(self, base, layer):
-        return ofa_verify.describe_trace(base, layer)
+    def describe_trace(self, base, layer, variant=None):
+        return ofa_verify.describe_trace(base, layer, variant)
 
     # -- hfport run --------------------------------------------------------------------------------------------
     def run(self, folder, inputs: RunInputs) -> dict:

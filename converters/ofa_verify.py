@@ -17,12 +17,22 @@ OFA_ENCODER_ORDER = ("encoder_position_embeddings", "encoder_hidden_states", "en
 OFA_DECODER_ORDER = ("decoder_inner_states", "decoder_features", "logits")
 
 # trace name (without layer index) -> (human name, module path in the HF-style layout or None)
+# trace name -> (what it is, modules in the original checkpoint, modules in the converted model or None = same)
 TRACE_NAMES = {
-    "encoder_position_embeddings": ("encoder position embeddings", "encoder.embed_positions"),
-    "encoder_out": ("encoder final layer norm", "encoder.layer_norm"),
-    "encoder_padding_mask": ("encoder padding mask", None),
-    "decoder_features": ("decoder final layer norm", "decoder.layer_norm"),
-    "logits": ("output projection (head)", "decoder.output_projection"),
+    "encoder_position_embeddings": (
+        "encoder position embeddings",
+        ("encoder.embed_positions", "encoder.embed_image_positions", "encoder.pos_ln", "encoder.image_pos_ln"), None),
+    "encoder_out": ("encoder final layer norm", ("encoder.layer_norm",), None),
+    "encoder_padding_mask": ("encoder padding mask", (), None),
+    "decoder_features": ("decoder final layer norm", ("decoder.layer_norm",), None),
+    "logits": ("output projection, the head", ("decoder.output_projection",), None),
+}
+# the embedding outputs (entry 0 of the per-layer lists); fairseq and the converted model share these names
+EMBEDDING_MODULES = {
+    "encoder": ("encoder.embed_tokens", "encoder.embed_images", "encoder.image_proj", "encoder.type_embedding",
+                "encoder.layernorm_embedding", "encoder.patch_layernorm_embedding"),
+    "decoder": ("decoder.embed_tokens", "decoder.embed_positions", "decoder.layernorm_embedding",
+                "decoder.code_layernorm_embedding"),
 }
 
 
@@ -157,11 +167,14 @@ def golden_from_dict(data: dict[str, Any], path: str | None = None, sha256: str 
 
 # -- localisation --------------------------------------------------------------------------------------------------
 
-def describe_trace(base: str, layer: int | None) -> tuple[str, str | None] | None:
-    """(human name, module path) of an OFA trace entry, or None when it is not one of OFA's."""
+def describe_trace(base: str, layer: int | None, variant: str | None = None):
+    """(what, original modules, converted modules or None) of an OFA trace entry, or None when not OFA's.
+
+    `encoder_hidden_states` / `decoder_inner_states` start with the embedding output: entry i > 0 is the output of
+    `layers.{i-1}`."""
     if base in ("encoder_hidden_states", "decoder_inner_states") and layer is not None:
         side = "encoder" if base.startswith("encoder") else "decoder"
         if layer == 0:
-            return f"{side} embeddings", f"{side}.embed_tokens"
-        return f"{side} layer {layer}", f"{side}.layers.{layer - 1}"  # entry i is layer i's output; modules 0-based
+            return f"{side} embeddings", EMBEDDING_MODULES[side], None
+        return f"output of {side} layer {layer - 1}", (f"{side}.layers.{layer - 1}",), None
     return TRACE_NAMES.get(base)

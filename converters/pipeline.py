@@ -195,6 +195,9 @@ def convert_checkpoint(
         if nonfinite:
             prepared.notes.append(describe_nonfinite(nonfinite) + " (kept: --allow-nonfinite)")
         written = writer.close()
+        # the converter's auto_map stands: a class registered for an Auto class elsewhere in this process
+        # (`register_for_auto_class`) would otherwise have save_pretrained rewrite it
+        prepared.config._auto_class = None
         prepared.config.save_pretrained(staging)
         for path in prepared.model_files:
             shutil.copy2(path, staging / path.name)
@@ -259,8 +262,10 @@ def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force
     where = {key: handle for handle in handles for key in handle.keys()}
     mapping = Mapping.load(family.mapping)
     flags = family.export_flags(config)
+    recorded = provenance.get("dropped")  # the source keys this conversion dropped, as it recorded them
     plan = mapping.plan({k: tuple(h.get_slice(k).get_shape()) for k, h in where.items()}, None, flags,
-                        direction="backward", source_name=folder.name, regenerators=family.regenerated)
+                        direction="backward", source_name=folder.name, regenerators=family.regenerated,
+                        dropped_at_conversion=recorded if isinstance(recorded, dict) else None)
     state = dict(Mapping.run(plan, lambda k: where[k].get_tensor(k), folder.name, family.regenerator(config)))
     checkpoint = family.original_checkpoint(config, state, provenance)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ What a family provides (see `Family` for signatures)
 - verification: ``fp32_atol``, ``live_reference`` (report kind for ``--against``), ``checks_generation``,
   ``probes(folder, seed)``, ``user_inputs(folder, default, pixel, ids)``, ``compare_set(...)``,
   ``trace(model, inputs)`` / ``generate(model, inputs, ...)`` (the converted side),
-  ``reads_golden(data)`` / ``golden_from_dict(data, path, sha256)``, ``describe_trace(base, layer)`` (localisation);
+  ``reads_golden(data)`` / ``golden_from_dict(data, path, sha256)``, ``describe_trace(base, layer, variant)`` / ``trace_variant(config)`` (localisation);
 - recording: ``recorder`` — a module that runs in the ORIGINAL's environment (torch + the original code only,
   Python >= 3.8, no transformers/click) with ``looks_like(checkpoint_path) -> bool`` (reads the file's structure
   with `hfport.read.peek`, never by file suffix) and ``record_golden(checkpoint, reference_code, sets, options)
@@ -125,7 +125,8 @@ class Family(Protocol):
 
     def golden_from_dict(self, data: dict, path: Optional[str], sha256: Optional[str]): ...  # -> Golden
 
-    def describe_trace(self, base: str, layer: Optional[int]) -> Optional[Tuple[str, Optional[str]]]: ...
+    def describe_trace(self, base: str, layer: Optional[int], variant: Optional[str] = None) -> Optional[tuple]: ...
+    def trace_variant(self, config: dict) -> Optional[str]: ...
     # (human name, module path or None) of a trace entry (name without layer index / pass suffix), None if not its
 
     # -- publishing / running --------------------------------------------------------------------------------
@@ -162,7 +163,12 @@ class BaseFamily:
     def reads_golden(self, data: dict) -> bool:
         return False
 
-    def describe_trace(self, base: str, layer: Optional[int]) -> Optional[Tuple[str, Optional[str]]]:
+    def describe_trace(self, base: str, layer: Optional[int], variant: Optional[str] = None):
+        """(what, modules in the original checkpoint, modules in the converted folder or None when the same)."""
+        return None
+
+    def trace_variant(self, config: dict) -> Optional[str]:
+        """A structural variant of the folder that changes module names in `describe_trace` (None: one naming)."""
         return None
 
     def export_flags(self, config) -> Dict[str, bool]:

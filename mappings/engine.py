@@ -226,6 +226,8 @@ class Drop(Rule):
         draft.dropped[key] = self.reason
 
     def finish_backward(self, draft):
+        if draft.recorded_drops is not None:  # the conversion's own record says what was dropped (Mapping.plan)
+            return
         for template in self.source:
             for key in _enumerate(template):
                 if self.regenerate and self.regenerate in draft.regenerators:
@@ -275,6 +277,7 @@ class _Draft:
     expected: MappingType[str, tuple[int, ...]] | None
     source_name: str
     regenerators: frozenset
+    recorded_drops: MappingType[str, str] | None = None  # backwards: source keys the conversion dropped, if known
     steps: list["Step"] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
@@ -335,18 +338,23 @@ class Mapping:
         direction: str = "forward",
         source_name: str = "source",
         regenerators: Collection[str] = (),
+        dropped_at_conversion: MappingType[str, str] | None = None,
     ) -> Plan:
         """Resolve every input key to a rule and check the result against the expected outputs.
 
         ``expected_outputs`` maps every output key the other side needs to its shape (for HF targets: the
         model's state dict built on the meta device). Backwards it may be None (no inventory to check).
+        ``dropped_at_conversion`` (backwards): the source keys the forward run dropped, with their reasons (the
+        converted folder's record); the keys that cannot come back, and those regenerated, are exactly these.
+        Without it they are guessed from the drop/derive templates (only those naming fixed keys).
         """
         if direction not in ("forward", "backward"):
             raise ValueError(direction)
         flags = dict(flags or {})
         rules = [r for r in self.rules if r.applies(flags)]
         forward = direction == "forward"
-        draft = _Draft(input_shapes, expected_outputs, source_name, frozenset(regenerators))
+        draft = _Draft(input_shapes, expected_outputs, source_name, frozenset(regenerators),
+                       None if forward else dropped_at_conversion)
         unmatched: list[str] = []
 
         for key in input_shapes:
@@ -373,9 +381,22 @@ class Mapping:
             rule.join(draft, dict(value_items), members)
         for rule in rules:
             (rule.finish_forward if forward else rule.finish_backward)(draft)
+        for key, reason in (draft.recorded_drops or {}).items():
+            generator = self._generator_for(key, draft.regenerators)
+            if generator:
+                draft.regenerated[key] = generator
+            else:
+                draft.not_restored[key] = reason
 
         self._check_outputs(draft.steps, draft.tied, expected_outputs, source_name, forward)
         return Plan(direction, draft.steps, draft.dropped, draft.tied, draft.not_restored, draft.regenerated)
+
+    def _generator_for(self, key: str, regenerators: Collection[str]) -> str | None:
+        """The generator that rebuilds a dropped source key backwards, if its rule names one the caller has."""
+        for rule in self.rules:
+            if isinstance(rule, Drop) and any(t.match(key) is not None for t in rule.source):
+                return rule.regenerate if rule.regenerate in regenerators else None
+        return None
 
     def _check_outputs(self, steps, tied, expected, source_name, forward):
         produced: dict[str, int] = {}

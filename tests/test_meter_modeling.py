@@ -241,11 +241,9 @@ def test_saved_folder_reloads_with_remote_code_without_key_changes(
     MeterConfig.register_for_auto_class()
     model_class.register_for_auto_class(auto_class)
     model.save_pretrained(tmp_path / "model")
-    # the converter also maps AutoModel to the bare model, so either class loads a task folder
-    config_file = tmp_path / "model" / "config.json"
-    stored = json.loads(config_file.read_text())
-    stored["auto_map"]["AutoModel"] = "modeling_meter.MeterModel"
-    config_file.write_text(json.dumps(stored))
+    # a head built from a plain MeterConfig saves its own config class (the Auto registry's key is the head's)
+    stored = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert stored["auto_map"]["AutoConfig"] == f"modeling_meter.{model_class.__name__}Config"
     torch.save({"inputs": inputs, "expected": expected}, tmp_path / "io.pt")
 
     script = textwrap.dedent(f"""
@@ -254,8 +252,9 @@ def test_saved_folder_reloads_with_remote_code_without_key_changes(
         io = torch.load(folder + "/../io.pt", weights_only=True)
         model, info = getattr(transformers, "{auto_class}").from_pretrained(
             folder, trust_remote_code=True, output_loading_info=True, attn_implementation="eager")
-        base, base_info = transformers.AutoModel.from_pretrained(
-            folder, trust_remote_code=True, output_loading_info=True)
+        # the bare model loads from a task folder too
+        base, base_info = sys.modules[type(model).__module__].MeterModel.from_pretrained(
+            folder, output_loading_info=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             got = getattr(model.eval()(**io["inputs"]), "{field}")

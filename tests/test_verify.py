@@ -14,7 +14,7 @@ from hfport.cli import main as cli_main
 from hfport.verify.compare import compare_tensors
 from hfport.verify.golden import load_golden
 from hfport.verify.harness import tolerance_policy, verify_folder
-from hfport.verify.localise import first_divergence, human_name
+from hfport.verify.localise import describe, first_divergence, human_name
 from hfport.verify.probes import meter_probes, ofa_probes
 from hfport.verify.report import REQUIRED_KEYS, SCHEMA, report_markdown
 
@@ -93,25 +93,42 @@ def test_nan_and_shape_mismatch_fail():
 # ---- localisation ----
 
 @pytest.mark.parametrize("name, human", [
-    ("decoder_inner_states.2", "decoder layer 2"),
-    ("decoder_inner_states.0", "decoder embeddings"),
-    ("encoder_hidden_states.1", "encoder layer 1"),
-    ("logits", "output projection (head)"),
-    ("fusion_image_layers_1.0", "fusion layer 0 (image stream), pass 1"),
-    ("text_feats_0", "fusion text output, pass 0"),
-    ("text_encoder_layers.1", "text encoder layer 1"),
-    ("nlvr2_logits", "NLVR2 head"),
+    ("decoder_inner_states.2", "decoder.layers.1 (output of decoder layer 1)"),
+    ("decoder_inner_states.0", "decoder.embed_tokens, decoder.embed_positions, decoder.layernorm_embedding, "
+                               "decoder.code_layernorm_embedding (decoder embeddings)"),
+    ("encoder_hidden_states.1", "encoder.layers.0 (output of encoder layer 0)"),
+    ("logits", "decoder.output_projection (output projection, the head)"),
+    ("fusion_image_layers_1.0", "cross_modal_image_layers.0 (output of fusion layer 0, image stream, pass 1; "
+                                "converted: meter.cross_modal_image_layers.0)"),
+    ("text_feats_0", "fusion text output, its last layer, pass 0"),
+    ("text_encoder_layers.1", "text_transformer.encoder.layer.1 (output of text encoder layer 1; "
+                              "converted: meter.text_model.encoder.layer.1)"),
+    ("nlvr2_logits", "nlvr2_classifier (NLVR2 head)"),
 ])
-def test_trace_names_read_as_layers(name, human):
+def test_trace_names_read_as_the_modules_that_computed_them(name, human):
     assert human_name(name) == human
+
+
+@pytest.mark.parametrize("name, vision, module, converted_module", [
+    ("encoder_hidden_states.3", "clip", "encoder.layers.2", "encoder.layers.2"),
+    ("image_encoder_layers.0", "clip", "vit_model.visual.transformer.resblocks.0", "meter.vision_model.encoder.layers.0"),
+    ("image_encoder_layers_1.2", "swin", "vit_model.layers.2", "meter.vision_model.encoder.layers.2"),
+    ("image_encoder_output", "swin", "vit_model.norm", "meter.vision_model.layernorm"),
+    ("image_embeddings", "swin", "vit_model.patch_embed, vit_model.absolute_pos_embed", "meter.vision_model.embeddings"),
+    ("fusion_text_layers.3", "clip", "cross_modal_text_layers.3", "meter.cross_modal_text_layers.3"),
+    ("vqa_logits", "clip", "vqa_classifier", "vqa_classifier"),
+])
+def test_each_tower_names_its_layer_i_by_the_parameter_prefix_of_layer_i(name, vision, module, converted_module):
+    described = describe(name, vision)
+    assert (described["module"], described["converted_module"]) == (module, converted_module)
 
 
 def test_first_divergence_is_earliest_in_computation_order_not_in_result_order():
     order = ["encoder_hidden_states.0", "encoder_hidden_states.1", "decoder_inner_states.0", "decoder_inner_states.1", "logits"]
     results = [{"name": n, "set": "inputs", "passed": n not in ("logits", "decoder_inner_states.1")} for n in reversed(order)]
     div = first_divergence(results, order)
-    assert div["name"] == "decoder_inner_states.1" and div["layer"] == "decoder layer 1"
-    assert div["module"] == "decoder.layers.0"
+    assert div["name"] == "decoder_inner_states.1" and div["layer"] == "decoder.layers.0 (output of decoder layer 0)"
+    assert div["module"] == div["converted_module"] == "decoder.layers.0"
     assert first_divergence([{"name": "logits", "set": "inputs", "passed": True}], order) is None
 
 
@@ -173,7 +190,10 @@ def _report(passed: bool) -> dict:
             "reference": {"kind": "golden", "path": "/x/reference.pt", "sha256": "ab" * 32},
             "tolerance": {"atol": 1e-4, "rtol": 0.0, "policy": "fp32"}, "outputs": outputs,
             "generation": [{"name": "greedy", "set": "inputs", "exact": True, "required": True, "reference": [[2]], "converted": [[2]]}],
-            "first_divergence": None if passed else {"name": "logits", "set": "inputs", "layer": "output projection (head)", "max_abs": 0.2},
+            "first_divergence": None if passed else {"name": "logits", "set": "inputs", "max_abs": 0.2,
+                                                     "layer": "decoder.output_projection (output projection, the head)",
+                                                     "what": "output projection, the head",
+                                                     "module": "decoder.output_projection"},
             "seconds": 1.0, "hfport_version": "0.1.0", "environment": {"torch": "2", "transformers": "5"}}
 
 
@@ -183,7 +203,9 @@ def test_markdown_report_is_an_embeddable_table_with_the_verdict():
     assert "| `logits` | inputs | " in md and "| 2.00e-01 |" in md and "❌ FAIL" in md
     assert "| `encoder_hidden_states.*` | inputs |" in md  # per-layer rows are grouped under one name
     assert "| greedy | inputs | yes | ✅ pass |" in md
-    assert "First diverging intermediate output: `logits` (output projection (head)" in md
+    assert "| `logits` | inputs | " in md and "❌ FAIL; first at `decoder.output_projection` |" in md
+    assert ("First diverging module: `decoder.output_projection` (output projection, the head; trace `logits`; "
+            "inputs inputs; max abs 2.00e-01)") in md
     assert report_markdown(_report(True)).startswith("**Verification PASSED**")
 
 
@@ -248,8 +270,8 @@ def test_a_corrupted_ofa_decoder_layer_fails_and_is_named_first(converted, tmp_p
     assert code == 1
     report = json.loads((tmp_path / "bad" / "verification.json").read_text())
     div = report["first_divergence"]
-    assert div["name"] == f"decoder_inner_states.{layer + 1}" and div["layer"] == f"decoder layer {layer + 1}"
-    assert div["module"] == f"decoder.layers.{layer}"
+    assert div["name"] == f"decoder_inner_states.{layer + 1}" and div["module"] == f"decoder.layers.{layer}"
+    assert div["layer"] == f"decoder.layers.{layer} (output of decoder layer {layer})"
     assert all(o["passed"] for o in report["outputs"] if o["name"].startswith("encoder"))
 
 
@@ -259,7 +281,8 @@ def test_a_corrupted_meter_fusion_layer_fails_and_is_named_first(converted, tmp_
     code = cli_main(["verify", str(tmp_path / "bad"), "--golden", str(_reference("meter", "meter-tiny-vqa-lightning"))])
     assert code == 1
     div = json.loads((tmp_path / "bad" / "verification.json").read_text())["first_divergence"]
-    assert div["name"] == "fusion_image_layers.1" and div["layer"] == "fusion layer 1 (image stream)"
+    assert div["name"] == "fusion_image_layers.1" and div["module"] == "cross_modal_image_layers.1"
+    assert div["converted_module"] == "meter.cross_modal_image_layers.1"
 
 
 def test_a_folder_missing_a_weight_is_refused_not_random_filled(converted, tmp_path):

@@ -109,8 +109,10 @@ def compare_generations(golden: Golden, converted: Backend, check_beam: bool) ->
 
 
 def run_verification(family: Any, golden: Golden, converted: Backend, tolerance: dict[str, Any],
-                     check_beam: bool = False) -> dict[str, Any]:
-    """Compare a converted backend against a reference; the report without the outer identification."""
+                     check_beam: bool = False, variant: str | None = None) -> dict[str, Any]:
+    """Compare a converted backend against a reference; the report without the outer identification.
+
+    `variant` (the family's `trace_variant` of the folder) picks module names for the first divergence."""
     family = _family(family)
     outputs: list[dict[str, Any]] = []
     for set_name, inputs in golden.sets.items():
@@ -118,9 +120,10 @@ def run_verification(family: Any, golden: Golden, converted: Backend, tolerance:
         outputs += compare_set(family, set_name, inputs, golden.traces[set_name], trace, golden,
                                tolerance["atol"], tolerance["rtol"], tolerance.get("scale_rtol", 0.0))
     generation = compare_generations(golden, converted, check_beam) if family.checks_generation else []
-    divergence = first_divergence(outputs, golden.order)
+    divergence = first_divergence(outputs, golden.order, variant)
     if divergence is None and any(not r["passed"] for r in outputs):  # names outside the known order
-        divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None}
+        divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None,
+                            "converted_module": None}
                            for r in outputs if not r["passed"]), None)
     passed = all(r["passed"] for r in outputs) and all(g["exact"] for g in generation if g["required"])
     return {"passed": passed, "outputs": outputs, "generation": generation, "first_divergence": divergence}
@@ -233,7 +236,8 @@ def verify_folder(
 
         with folder_load_errors(folder):
             converted = ConvertedBackend(converted_folder)
-    result = run_verification(family, reference, converted, tolerance, check_beam)
+    result = run_verification(family, reference, converted, tolerance, check_beam,
+                              family.trace_variant(converted_folder.config))
     report = {
         "schema": SCHEMA,
         "passed": result["passed"],

@@ -1,7 +1,10 @@
 """Name the first place where the converted model stops computing what the reference computes.
 
 Traces are ordered in computation order (the golden adapter guarantees it), so the first failing entry of the
-reference order is the first diverging layer; `human_name` turns a trace name into words a user can act on.
+reference order is the first diverging layer. `describe` names the module that produced a trace entry by the
+parameter names the user has: `module` in the original checkpoint, `converted_module` in the converted folder.
+Families own the names (`Family.describe_trace`); `variant` is a family's structural variant that changes them
+(METER's image tower: "clip" or "swin"), from `Family.trace_variant(config)`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from typing import Any
 _PASS_SUFFIX = re.compile(r"^(?P<base>[a-z0-9_]+?)_(?P<pass>\d)$")
 
 
-def _family_names(base: str, layer: int | None) -> tuple[str, str | None] | None:
-    """(human name, module path) from the first family that knows the trace name (families own their names)."""
+def _family_modules(base: str, layer: int | None, variant: str | None):
+    """(what, original modules, converted modules or None = same) from the first family that knows the name."""
     from hfport.family import families
 
     for family in families():
-        found = family.describe_trace(base, layer)
+        found = family.describe_trace(base, layer, variant)
         if found is not None:
             return found
     return None
@@ -28,27 +31,43 @@ def _split(name: str) -> tuple[str, int | None, str | None]:
     base, _, index = name.partition(".")
     layer = int(index) if index.isdigit() else None
     pass_id = None
-    if _family_names(base, None) is None and not base.endswith(("_layers", "_states")):
+    if _family_modules(base, None, None) is None and not base.endswith(("_layers", "_states")):
         m = _PASS_SUFFIX.match(base)
         if m:
             base, pass_id = m.group("base"), m.group("pass")
     return base, layer, pass_id
 
 
-def describe(name: str) -> dict[str, Any]:
-    """Human name and (where known) module path of a trace entry."""
+def describe(name: str, variant: str | None = None) -> dict[str, Any]:
+    """What a trace entry is and which module computed it.
+
+    `module`: the module(s) in the original checkpoint's parameter names (comma-separated when several make one
+    step, None when no module of its own does); `converted_module`: the same in the converted folder;
+    `what`: what the entry is, in words; `layer`: one line for people, leading with the module name.
+    """
     base, layer, pass_id = _split(name)
-    human, module = _family_names(base, layer) or (name, None)
+    found = _family_modules(base, layer, variant)
+    if found is None:
+        return {"layer": name, "what": name, "module": None, "converted_module": None}
+    what, original, converted = found
+    module = ", ".join(original) or None
+    converted_module = ", ".join(converted) if converted is not None else module
     if pass_id is not None:
-        human = f"{human}, pass {pass_id}"
-    return {"layer": human, "module": module}
+        what = f"{what}, pass {pass_id}"
+    if module is None:
+        line = what
+    elif converted_module == module:
+        line = f"{module} ({what})"
+    else:
+        line = f"{module} ({what}; converted: {converted_module})"
+    return {"layer": line, "what": what, "module": module, "converted_module": converted_module}
 
 
-def human_name(name: str) -> str:
-    return describe(name)["layer"]
+def human_name(name: str, variant: str | None = None) -> str:
+    return describe(name, variant)["layer"]
 
 
-def first_divergence(results: list[dict[str, Any]], order: list[str]) -> dict[str, Any] | None:
+def first_divergence(results: list[dict[str, Any]], order: list[str], variant: str | None = None) -> dict[str, Any] | None:
     """The earliest entry of `order` (computation order) that failed, per input set in the order sets appear."""
     sets: list[str] = []
     for r in results:
@@ -63,7 +82,7 @@ def first_divergence(results: list[dict[str, Any]], order: list[str]) -> dict[st
         return {
             "name": first["name"],
             "set": set_name,
-            **describe(first["name"]),
+            **describe(first["name"], variant),
             "max_abs": first.get("max_abs"),
             "atol": first.get("atol"),
             "error": first.get("error"),

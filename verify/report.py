@@ -86,9 +86,28 @@ def grouped_rows(outputs: list[dict]) -> list[dict]:
     return rows
 
 
+def divergence_module(divergence: Any) -> str | None:
+    """The module a first divergence names (original checkpoint's parameter names), or its description."""
+    if not isinstance(divergence, dict):
+        return None
+    return divergence.get("module") or divergence.get("layer") or divergence.get("name")
+
+
+def _mark_first_divergence(rows: list[dict], divergence: Any) -> None:
+    """The grouped row holding the first diverging entry says which module that is."""
+    if not isinstance(divergence, dict) or not divergence.get("name"):
+        return
+    base, dotted, _ = str(divergence["name"]).partition(".")
+    key = base + (".*" if dotted else "")
+    for row in rows:
+        if row["name"] == key and row["set"] == str(divergence.get("set", "")):
+            row["first_divergence"] = divergence_module(divergence)
+
+
 def report_markdown(report: dict) -> str:
     """Render a `hfport.verify/1` report: a one-line verdict, an output table, generation, first divergence."""
     outputs = grouped_rows(report.get("outputs") or [])
+    _mark_first_divergence(outputs, report.get("first_divergence"))
     generation = report.get("generation") or []
     reference = report.get("reference") or {}
     tolerance = report.get("tolerance") or {}
@@ -114,6 +133,8 @@ def report_markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for o in outputs:
             result = _verdict(o["passed"]) + (f": {markdown_cell(o['error'])}" if o["error"] else "")
+            if o.get("first_divergence"):
+                result += f"; first at `{markdown_cell(o['first_divergence'])}`"
             atol = o["atol"] if o["atol"] is not None else tolerance.get("atol")
             label = f"`{markdown_cell(o['name'])}`" + (f" ({o['count']})" if o["count"] > 1 else "")
             lines.append(
@@ -137,12 +158,15 @@ def report_markdown(report: dict) -> str:
     if divergence:
         if isinstance(divergence, dict):
             name = divergence.get("name") or "?"
-            details = [f"{divergence['layer']}" if divergence.get("layer") else None,
+            module, converted = divergence.get("module"), divergence.get("converted_module")
+            details = [divergence.get("what") or (None if module else divergence.get("layer")),
+                       f"converted: `{converted}`" if converted and converted != module else None,
+                       f"trace `{name}`",
                        f"inputs {divergence['set']}" if divergence.get("set") else None,
                        f"max abs {_num(divergence['max_abs'])}" if divergence.get("max_abs") is not None else None]
             details = [d for d in details if d]
-            suffix = f" ({', '.join(map(markdown_cell, details))})" if details else ""
-            lines += ["", f"First diverging intermediate output: `{markdown_cell(name)}`{suffix}"]
+            suffix = f" ({'; '.join(map(markdown_cell, details))})" if details else ""
+            lines += ["", f"First diverging module: `{markdown_cell(divergence_module(divergence))}`{suffix}"]
         else:
             lines += ["", f"First diverging intermediate output: `{markdown_cell(divergence)}`"]
 
@@ -153,6 +177,15 @@ def report_markdown(report: dict) -> str:
     if footer:
         lines += ["", f"<sub>Measured with {', '.join(footer)}.</sub>"]
     return "\n".join(lines)
+
+
+def divergence_line(divergence: dict[str, Any]) -> str:
+    """`decoder.layers.0 (output of decoder layer 0; trace decoder_inner_states.1, inputs inputs)`."""
+    described = divergence.get("layer") or divergence.get("name") or "?"
+    where = f"trace {divergence.get('name')}" + (f", inputs {divergence['set']}" if divergence.get("set") else "")
+    if described.endswith(")"):
+        return f"{described[:-1]}; {where})"
+    return f"{described} ({where})"
 
 
 def print_summary(report: dict[str, Any], console: Any = None) -> None:
@@ -167,8 +200,12 @@ def print_summary(report: dict[str, Any], console: Any = None) -> None:
     table = Table(title=f"hfport verify: {report['model']}", title_justify="left")
     for col in ("output", "inputs", "max abs", "mean abs", "cosine", "argmax", "min atol", ""):
         table.add_column(col, justify="left" if col in ("output", "inputs") else "right")
-    for row in grouped_rows(report.get("outputs") or []):
+    rows = grouped_rows(report.get("outputs") or [])
+    _mark_first_divergence(rows, report.get("first_divergence"))
+    for row in rows:
         mark = "[green]ok[/green]" if row["passed"] else "[red]FAIL[/red]"
+        if row.get("first_divergence"):
+            mark += f" first at {row['first_divergence']}"
         label = row["name"] + (f" ({row['count']})" if row["count"] > 1 else "")
         table.add_row(label, row["set"], _fmt(row["max_abs"]), _fmt(row["mean_abs"]), _fmt(row["cosine"]),
                       _fmt(row["argmax_agree"]), _fmt(row["min_atol_to_pass"]), mark)
@@ -178,7 +215,7 @@ def print_summary(report: dict[str, Any], console: Any = None) -> None:
         console.print(f"  generation {g['name']:<14} {mark}" + ("" if g.get("required") else " (informational)"))
     div = report.get("first_divergence")
     if div:
-        console.print(f"  first divergence: [bold]{div['layer']}[/bold] ({div['name']}, inputs {div['set']})")
+        console.print(f"  first divergence: [bold]{divergence_line(div)}[/bold]")
     verdict = "[bold green]PASSED[/bold green]" if report["passed"] else "[bold red]FAILED[/bold red]"
     extra = "".join(f" + {_fmt(tol[k])}·{what}" for k, what in (("rtol", "|ref|"), ("scale_rtol", "max|ref|")) if tol.get(k))
     console.print(f"{verdict}  reference: {_reference_line(report).replace('`', '')}; atol {_fmt(tol['atol'])}{extra} "

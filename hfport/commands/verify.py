@@ -46,7 +46,7 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
     import math
 
     from hfport.verify.harness import verify_folder
-    from hfport.verify.report import print_summary, report_markdown
+    from hfport.verify.report import divergence_line, print_summary, report_markdown
 
     for option, value in (("--atol", atol), ("--rtol", rtol), ("--scale-rtol", scale_rtol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -68,5 +68,5 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
         print_summary(report)
     if not report["passed"]:
         div = report.get("first_divergence")
-        where = f"; first divergence: {div['layer']} ({div['name']})" if div else ""
+        where = f"; first divergence: {divergence_line(div)}" if div else ""
         raise VerificationFailed(f"{folder} does not match the reference within atol {report['tolerance']['atol']:g}{where}")

@@ -3,11 +3,17 @@
 from .configuration_meter import MeterConfig
 from .modeling_meter import (
     MeterForImageTextMatching,
+    MeterForImageTextMatchingConfig,
     MeterForMaskedLM,
+    MeterForMaskedLMConfig,
     MeterForPreTraining,
+    MeterForPreTrainingConfig,
     MeterForQuestionAnswering,
+    MeterForQuestionAnsweringConfig,
     MeterForVisualEntailment,
+    MeterForVisualEntailmentConfig,
     MeterForVisualReasoning,
+    MeterForVisualReasoningConfig,
     MeterModel,
     MeterModelOutput,
     MeterPreTrainedModel,
@@ -24,4 +30,10 @@ __all__ = [
     "MeterForPreTraining",
     "MeterForVisualReasoning",
     "MeterForVisualEntailment",
+    "MeterForQuestionAnsweringConfig",
+    "MeterForImageTextMatchingConfig",
+    "MeterForMaskedLMConfig",
+    "MeterForPreTrainingConfig",
+    "MeterForVisualReasoningConfig",
+    "MeterForVisualEntailmentConfig",
 ]

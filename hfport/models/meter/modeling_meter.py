@@ -1,5 +1,6 @@
 """METER (Dou et al., CVPR 2022) on transformers: CLIP/Swin + RoBERTa/BERT towers and a co-attention fusion stack."""
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -206,6 +207,14 @@ class MeterPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     _no_split_modules = ["BertLayer", "RobertaLayer", "CLIPEncoderLayer", "SwinStage"]
 
+    def __init__(self, config: MeterConfig, *inputs, **kwargs):
+        if type(config) is not self.config_class and issubclass(self.config_class, type(config)):
+            # a head built from a plain MeterConfig keeps a copy under its own config class ("folder configs"
+            # below), so that what it saves loads back through the Auto classes
+            config = copy.copy(config)
+            config.__class__ = self.config_class
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -377,6 +386,39 @@ class MeterModel(MeterPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# ---------------------------------------------------------------------------------------------------- folder configs
+# transformers' Auto classes remember, for the whole process, one model class per config *class*: the first folder
+# loaded registers its class and every later folder with the same config class gets that one. Remote code is cached
+# by folder name plus a hash of the file and its relative imports. So every head has a config class of its own,
+# defined here in the modeling file, and a converted folder names it (auto_map "AutoConfig"): the registry key then
+# stands for the head and for this file's content, and two folders named alike never share an entry unless they
+# hold the same head and the same code.
+
+
+class MeterForQuestionAnsweringConfig(MeterConfig):
+    """`MeterConfig` of a folder whose model is `MeterForQuestionAnswering`."""
+
+
+class MeterForVisualEntailmentConfig(MeterConfig):
+    """`MeterConfig` of a folder whose model is `MeterForVisualEntailment`."""
+
+
+class MeterForVisualReasoningConfig(MeterConfig):
+    """`MeterConfig` of a folder whose model is `MeterForVisualReasoning`."""
+
+
+class MeterForImageTextMatchingConfig(MeterConfig):
+    """`MeterConfig` of a folder whose model is `MeterForImageTextMatching`."""
+
+
+class MeterForMaskedLMConfig(MeterConfig):
+    """`MeterConfig` of a folder whose model is `MeterForMaskedLM`."""
+
+
+class MeterForPreTrainingConfig(MeterConfig):
+    """`MeterConfig` of a folder whose model is `MeterForPreTraining`."""
+
+
 # ---------------------------------------------------------------------------------------------------- heads
 
 
@@ -388,9 +430,11 @@ def _finish(output: ModelOutput, return_dict: bool | None, config: MeterConfig):
 class MeterForQuestionAnswering(MeterPreTrainedModel):
     """METER with its VQAv2 head (`vqa_classifier`) over `cls_feats`; `config.num_labels` answers."""
 
+    config_class = MeterForQuestionAnsweringConfig
+
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        self.meter = MeterModel(config)
+        self.meter = MeterModel(self.config)
         self.vqa_classifier = MeterClassifier(2 * config.hidden_size, 2 * config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -422,9 +466,11 @@ class MeterForQuestionAnswering(MeterPreTrainedModel):
 class MeterForVisualEntailment(MeterPreTrainedModel):
     """METER with its SNLI-VE head (`snli_classifier`, 3 labels) over `cls_feats`."""
 
+    config_class = MeterForVisualEntailmentConfig
+
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        self.meter = MeterModel(config)
+        self.meter = MeterModel(self.config)
         self.snli_classifier = MeterClassifier(2 * config.hidden_size, 2 * config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -453,9 +499,11 @@ class MeterForVisualReasoning(MeterPreTrainedModel):
     `nlvr2_classifier(cat(cls_feats_0, cls_feats_1))`. Needs `config.num_image_token_types == 3`.
     """
 
+    config_class = MeterForVisualReasoningConfig
+
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        self.meter = MeterModel(config)
+        self.meter = MeterModel(self.config)
         self.nlvr2_classifier = MeterClassifier(4 * config.hidden_size, 2 * config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -501,9 +549,11 @@ class MeterForImageTextMatching(MeterPreTrainedModel):
     it equals `itm_score.fc` row 1).
     """
 
+    config_class = MeterForImageTextMatchingConfig
+
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        self.meter = MeterModel(config)
+        self.meter = MeterModel(self.config)
         self.itm_score = MeterITMHead(2 * config.hidden_size)
         self.rank_output = nn.Linear(2 * config.hidden_size, 1) if config.use_rank_output else None
         self.post_init()
@@ -532,9 +582,11 @@ class MeterForImageTextMatching(MeterPreTrainedModel):
 class MeterForMaskedLM(MeterPreTrainedModel):
     """METER with its masked-language-modelling head (`mlm_score`) over `text_feats`."""
 
+    config_class = MeterForMaskedLMConfig
+
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        self.meter = MeterModel(config)
+        self.meter = MeterModel(self.config)
         self.mlm_score = MeterMLMHead(config)
         self.post_init()
 
@@ -566,9 +618,11 @@ class MeterForMaskedLM(MeterPreTrainedModel):
 class MeterForPreTraining(MeterPreTrainedModel):
     """METER with both pre-training heads: masked language modelling (`mlm_score`) and image-text matching."""
 
+    config_class = MeterForPreTrainingConfig
+
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        self.meter = MeterModel(config)
+        self.meter = MeterModel(self.config)
         self.mlm_score = MeterMLMHead(config)
         self.itm_score = MeterITMHead(2 * config.hidden_size)
         self.post_init()
@@ -609,6 +663,12 @@ class MeterForPreTraining(MeterPreTrainedModel):
 
 
 __all__ = [
+    "MeterForQuestionAnsweringConfig",
+    "MeterForVisualEntailmentConfig",
+    "MeterForVisualReasoningConfig",
+    "MeterForImageTextMatchingConfig",
+    "MeterForMaskedLMConfig",
+    "MeterForPreTrainingConfig",
     "MeterPreTrainedModel",
     "MeterModel",
     "MeterForQuestionAnswering",

@@ -104,6 +104,8 @@ class MeterProcessor(ProcessorMixin):
             tokenizer_kwargs.setdefault("truncation", True)
             tokenizer_kwargs.setdefault("max_length", self.max_text_len)
             tokenizer_kwargs.setdefault("return_token_type_ids", False)  # METER feeds input_ids and the mask only
+            if isinstance(text, str):  # one question is a batch of one, as for every transformers processor
+                text = [text]
             data.update(self.tokenizer(text, **tokenizer_kwargs))
         if images is not None:
             items = images if isinstance(images, list) else [images]

@@ -572,7 +572,8 @@ class OFAEncoder(nn.Module):
 
     def embed_patches(self, patch_images: torch.Tensor):
         """Image -> (patch features, patch position ids, raw patch position embeddings)."""
-        features = self.embed_images(patch_images)
+        # processors return fp32 pixels; a model cast to fp16/bf16 takes them as they come
+        features = self.embed_images(patch_images.to(self.image_proj.weight.dtype))
         height, width = features.shape[-2:]
         features = features.flatten(2).transpose(1, 2)
         position_ids = make_patch_position_ids(height, width, self.config.image_bucket_size, features.device)
@@ -903,6 +904,14 @@ class OFAPreTrainedModel(PreTrainedModel):
     def get_encoder(self, modality: str | None = None) -> OFAEncoder:
         return self.encoder
 
+    def decoder_start_ids(self, encoder_states: torch.Tensor) -> torch.LongTensor:
+        """The decoder input when none is given: OFA decodes from `<s>` alone, so the logits are those of the first
+        generated token (BART-style shifting of `input_ids` would feed the source text to the decoder, which OFA
+        never does)."""
+        batch_size = encoder_states.shape[0]
+        start = self.config.decoder_start_token_id
+        return torch.full((batch_size, 1), start, dtype=torch.long, device=encoder_states.device)
+
     def _encode_and_decode(
         self,
         input_ids,
@@ -931,6 +940,8 @@ class OFAPreTrainedModel(PreTrainedModel):
             )
         elif not isinstance(encoder_outputs, OFAEncoderOutput):
             raise TypeError("encoder_outputs must be the OFAEncoderOutput returned by the OFA encoder")
+        if decoder_input_ids is None:
+            decoder_input_ids = self.decoder_start_ids(encoder_outputs.last_hidden_state)
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
         if not use_cache:
@@ -1032,7 +1043,8 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         input_ids: source tokens (OFA's `src_tokens`), right-padded with `pad_token_id`.
         patch_images: `(batch, 3, H, W)` images normalised with mean = std = 0.5.
         patch_masks: `(batch,)` bool; False marks a text-only sample whose image positions are padding.
-        decoder_input_ids: OFA's `prev_output_tokens` (start with `<s>`); built from `labels` when omitted.
+        decoder_input_ids: OFA's `prev_output_tokens` (start with `<s>`); when omitted, `labels` shifted right, or
+            without labels the start token `<s>` alone (logits of the first generated token).
         code_masks: `(batch,)` bool; True for samples whose decoder generates image codes.
         labels: target ids (`-100` ignored) for a cross-entropy loss.
         """
