@@ -2,7 +2,7 @@
 
 For each variant (prefix tuning on either or both sides, with or without the prompt projection, adapters, adapters
 with prefix tuning) this builds a tiny OFA through OFA's own task / model code from an OFA training command line,
-runs real fairseq `Trainer.train_step`s (cross-entropy, Adam) so that prompts, adapters and the rest of the network
+runs real fairseq `Trainer.train_step`s (OFA's adjust_label_smoothed_cross_entropy, Adam) so that prompts, adapters and the rest of the network
 leave their initialisation, saves the checkpoint with fairseq's `Trainer.save_checkpoint`, and records the golden
 with hfport's recorder running in the upstream environment.
 
@@ -33,7 +33,7 @@ DATA = os.path.join(HERE, "data", "ofa_variants")
 TINY_DICT = "dict.txt"
 
 COMMON = [
-    "--task=ofa", "--arch=ofa_tiny", "--criterion=cross_entropy", "--optimizer=adam", "--adam-betas=(0.9,0.999)",
+    "--task=ofa", "--arch=ofa_tiny", "--criterion=adjust_label_smoothed_cross_entropy", "--label-smoothing=0.1", "--optimizer=adam", "--adam-betas=(0.9,0.999)",
     "--lr=5e-3", "--lr-scheduler=fixed", "--batch-size=4", "--num-workers=0", "--max-update=1000",
     "--patch-image-size=32", "--code-dict-size=16", "--num-bins=16",
     "--encoder-layers=2", "--decoder-layers=2", "--encoder-embed-dim=16", "--decoder-embed-dim=16",
@@ -44,7 +44,7 @@ COMMON = [
     "--share-decoder-input-output-embed", "--layernorm-embedding", "--patch-layernorm-embedding",
     "--code-layernorm-embedding", "--add-type-embedding", "--scale-attn", "--scale-fc", "--scale-heads",
     "--disable-entangle", "--dropout=0.1", "--attention-dropout=0.0", "--no-save-optimizer-state",
-    "--log-format=simple",
+    "--log-format=simple", "--cpu",
 ]
 
 VARIANTS = {
@@ -70,10 +70,17 @@ TRAIN_STEPS = 40
 _USER_DIR = '''import importlib.util, sys
 sys.path.insert(0, {root!r})
 import models.ofa  # registers OFA's model and architectures
-_spec = importlib.util.spec_from_file_location("variant_ofa_task", {root!r} + "/tasks/ofa_task.py")
-_module = importlib.util.module_from_spec(_spec)
-sys.modules["variant_ofa_task"] = _module
-_spec.loader.exec_module(_module)
+
+
+def _load(name, path):  # one file of OFA's packages, without their heavy __init__ imports
+    spec = importlib.util.spec_from_file_location(name, {root!r} + path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_load("variant_ofa_task", "/tasks/ofa_task.py")
+_load("variant_ofa_criterion", "/criterions/label_smoothed_cross_entropy.py")
 '''
 
 
@@ -118,7 +125,12 @@ def train(out_dir, variant, ofa_root, bpe_dir):
     from fairseq.trainer import Trainer
 
     scratch = tempfile.mkdtemp(prefix="ofa-variant-")
-    argv = [os.path.join(scratch, "data"), "--user-dir=" + _user_dir(ofa_root, scratch), "--bpe-dir=" + bpe_dir,
+    bpe = os.path.join(scratch, "bpe")  # the tiny dictionary next to OFA's GPT-2 BPE files
+    os.makedirs(bpe)
+    os.symlink(os.path.join(bpe_dir, "dict.txt"), os.path.join(bpe, "dict.txt"))
+    for name in ("encoder.json", "vocab.bpe"):
+        os.symlink(os.path.join(ofa_root, "utils", "BPE", name), os.path.join(bpe, name))
+    argv = [os.path.join(scratch, "data"), "--user-dir=" + _user_dir(ofa_root, scratch), "--bpe-dir=" + bpe,
             "--save-dir=" + scratch, "--seed={}".format(SEEDS[variant]), *COMMON, *VARIANTS[variant]]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, argv)
@@ -174,7 +186,7 @@ def make(variant, fairseq_python, ofa_root, bpe_dir, out_root):
         trained = json.load(f)
     with open(os.path.join(target, "README.md"), "w") as f:
         f.write("# {}\n\nMade by `tests/make_ofa_variant_goldens.py` with the upstream OFA code: {} real "
-                "fairseq train steps (losses {:.3f} -> {:.3f}); ResNet convolutions zeroed and frozen for size.\n\n"
+                "fairseq train steps (loss {} -> {}); ResNet convolutions zeroed and frozen for size.\n\n"
                 "OFA arguments: `{}`\n".format(variant, trained["steps"], trained["losses"][0], trained["losses"][-1],
                                                " ".join(a for a in trained["argv"] if not a.startswith(
                                                    ("--user-dir", "--save-dir", "--bpe-dir")))))
