@@ -16,12 +16,12 @@ import torch
 
 from hfport.converters.pipeline import Prepared, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
+from hfport.models import model_source_files
 
 FAMILY = "meter"
 STATE_KEY = "state_dict"
 MAPPING = "meter"
 REGENERATED = ("position_ids",)  # derived buffers the backwards direction rebuilds (see regenerator())
-MODEL_DIR = Path(__file__).resolve().parents[1] / "hfport" / "models" / "meter"
 
 HEADS = ("vqa_classifier", "nlvr2_classifier", "snli_classifier", "itm_score", "mlm_score", "rank_output")
 # which class a set of heads becomes; --head picks one when a checkpoint carries several
@@ -51,9 +51,9 @@ def require(state: dict, keys) -> None:
 
 
 def matches(checkpoint: dict) -> bool:
-    state = checkpoint.get("state_dict")
-    return isinstance(state, dict) and any(
-        k.startswith(("cross_modal_text_layers.", "vit_model.", "text_transformer.")) for k in state)
+    from hfport.verify.backends.meter_live import is_meter_checkpoint  # the one test, shared with the recorder
+
+    return is_meter_checkpoint(checkpoint)
 
 
 def _count(keys, pattern: str) -> int:
@@ -251,20 +251,26 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
         notes.append(f"position table at {config.vision_config.image_size}px, checkpoint config image_size "
                      f"{config.image_size}px: positions are interpolated at run time")
 
+    loaded_tokenizer = None
+    if tokenizer is not None:  # resolved and checked against the embedding before anything is written
+        from hfport.converters.meter_preprocessing import load_meter_tokenizer
+
+        loaded_tokenizer = load_meter_tokenizer(tokenizer, config.text_config.vocab_size)
+
     def write_extras(folder: Path) -> list[str]:
-        if tokenizer is None:
+        if loaded_tokenizer is None:
             return []
         from hfport.converters.meter_preprocessing import save_meter_preprocessing
 
         transform = (hp.get("val_transform_keys") or ["clip"])[0]
-        return save_meter_preprocessing(folder, tokenizer_source=tokenizer, max_text_len=config.max_text_len,
+        return save_meter_preprocessing(folder, tokenizer_source=loaded_tokenizer, max_text_len=config.max_text_len,
                                         image_size=config.image_size, transform=transform,
                                         vocab_size=config.text_config.vocab_size)
 
     dtype = state["cross_modal_text_transform.weight"].dtype
     return Prepared(
         config=config, model_class=getattr(modeling_meter, head_class), state_dict=state, flags=flags,
-        model_files=[MODEL_DIR / "configuration_meter.py", MODEL_DIR / "modeling_meter.py"], task=task,
+        model_files=model_source_files("meter"), task=task,
         source_format="lightning", hyper_parameters={"config": hp, "text_config": text.to_dict()},
         source_dtype=dtype, notes=notes, write_extras=write_extras)
 

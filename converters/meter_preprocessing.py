@@ -7,6 +7,7 @@ name contains "roberta", else `BertTokenizer.from_pretrained(name, do_lower_case
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,22 +15,76 @@ from pathlib import Path
 from hfport.converters.ofa_preprocessing import _listing, _update_json
 from hfport.errors import ConfigError
 
+# the files METER's tokenizer classes read (transformers also accepts a tokenizer.json)
+VOCAB_FILES = {"roberta": ("vocab.json", "merges.txt"), "bert": ("vocab.txt",)}
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def load_meter_tokenizer(source):
-    """The tokenizer METER's datamodule would build from the name `source`, as a transformers fast tokenizer."""
+def _kind(name: str) -> str:
+    return "roberta" if "roberta" in name else "bert"  # meter/datamodules/datamodule_base.py
+
+
+def resolve_tokenizer_source(source) -> str:
+    """A local folder holding the tokenizer's files, or a Hub id whose files resolve (cache or network).
+
+    Raises ConfigError otherwise: transformers would quietly build a tokenizer of special tokens only.
+    """
+    name = str(source)
+    files = VOCAB_FILES[_kind(name)]
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"--tokenizer {name} is a file; pass the folder holding {' + '.join(files)} (or a Hub id)")
+        if not (all((path / f).is_file() for f in files) or (path / "tokenizer.json").is_file()):
+            raise ConfigError(f"--tokenizer {name} holds neither {' + '.join(files)} nor tokenizer.json")
+        return str(path)
+    if ".." in name or not REPO_ID.match(name):
+        raise ConfigError(f"--tokenizer {name}: the folder does not exist (and it is not a Hub id)")
+    from huggingface_hub.errors import HFValidationError
+    from transformers.utils import cached_file
+
+    try:
+        found = [cached_file(name, f, _raise_exceptions_for_missing_entries=False) for f in files]
+        if not all(found):
+            found = [cached_file(name, "tokenizer.json", _raise_exceptions_for_missing_entries=False)]
+    except (OSError, ValueError, HFValidationError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"cannot resolve the tokenizer {name!r}: it is no local folder and not on the Hub or in "
+                          f"its cache ({first})") from None
+    if not all(found):
+        raise ConfigError(f"cannot resolve the tokenizer {name!r}: no such local folder, and neither the Hub nor its "
+                          f"cache has {' + '.join(files)} or tokenizer.json for it (offline, or no such repo)")
+    return name
+
+
+def load_meter_tokenizer(source, vocab_size: int | None = None):
+    """The tokenizer METER's datamodule would build from the name `source`, as a transformers tokenizer.
+
+    `vocab_size` (the text embedding's rows), when given, must hold every id the tokenizer can produce.
+    """
     from transformers import BertTokenizer, RobertaTokenizer
 
-    name = str(source)
+    name = resolve_tokenizer_source(source)
     try:
-        if "roberta" in name:
-            return RobertaTokenizer.from_pretrained(name)
-        return BertTokenizer.from_pretrained(name, do_lower_case="uncased" in name)
+        if _kind(str(source)) == "roberta":
+            tokenizer = RobertaTokenizer.from_pretrained(name)
+        else:
+            tokenizer = BertTokenizer.from_pretrained(name, do_lower_case="uncased" in str(source))
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(
-            f"cannot load the METER tokenizer {name!r}: {str(err).splitlines()[0]}",
+            f"cannot load the METER tokenizer {str(source)!r}: {str(err).splitlines()[0]}",
             hint="pass --tokenizer with the name or folder METER was trained with (e.g. roberta-base, bert-base-uncased)",
         ) from err
+    vocab = tokenizer.get_vocab()
+    if len(vocab) <= len(set(tokenizer.all_special_tokens)):
+        raise ConfigError(f"the tokenizer {str(source)!r} has only its {len(vocab)} special tokens: its vocabulary "
+                          "did not load")
+    if vocab_size is not None and max(vocab.values()) + 1 > int(vocab_size):
+        raise ConfigError(
+            f"the tokenizer {str(source)!r} has {len(tokenizer)} tokens but the checkpoint's text embedding has "
+            f"{vocab_size} rows (largest id {max(vocab.values())}): it is not the tokenizer this METER model was trained with"
+        )
+    return tokenizer
 
 
 def save_meter_preprocessing(
@@ -61,12 +116,10 @@ def save_meter_preprocessing(
         raise ConfigError(str(err)) from err
     if int(image_size) <= 0 or int(max_text_len) <= 0:
         raise ConfigError(f"image_size and max_text_len must be positive, got {image_size} and {max_text_len}")
-    tokenizer = load_meter_tokenizer(tokenizer_source)
-    if vocab_size is not None and len(tokenizer) > int(vocab_size):
-        raise ConfigError(
-            f"the tokenizer {str(tokenizer_source)!r} has {len(tokenizer)} tokens but the checkpoint's text "
-            f"embedding has {vocab_size} rows: it is not the tokenizer this METER model was trained with"
-        )
+    if isinstance(tokenizer_source, (str, Path)):
+        tokenizer = load_meter_tokenizer(tokenizer_source, vocab_size)
+    else:  # already loaded and checked (converters/meter.py does it before any weight is written)
+        tokenizer = tokenizer_source
     tokenizer.model_max_length = int(max_text_len)
     processor = processing_meter.MeterProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                                 max_text_len=int(max_text_len))

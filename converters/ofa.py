@@ -16,13 +16,13 @@ import torch
 
 from hfport.converters.pipeline import Prepared, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
+from hfport.models import model_source_files
 
 FAMILY = "ofa"
 STATE_KEY = "model"
 MAPPING = "ofa"
 # derived buffers the backwards direction rebuilds (see regenerator())
 REGENERATED = ("fairseq_version", "rp_bucket", "image_position_idx")
-MODEL_DIR = Path(__file__).resolve().parents[1] / "hfport" / "models" / "ofa"
 
 # keys whose presence reveals a structural flag
 FLAG_KEYS = {
@@ -47,7 +47,9 @@ UNSUPPORTED_KEYS = {
 
 
 def matches(checkpoint: dict) -> bool:
-    return isinstance(checkpoint.get("model"), dict) and ("cfg" in checkpoint or "args" in checkpoint)
+    from hfport.verify.backends.fairseq_ofa import is_ofa_checkpoint  # the one test, shared with the recorder
+
+    return is_ofa_checkpoint(checkpoint)
 
 
 def model_arguments(checkpoint: dict) -> dict:
@@ -280,7 +282,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
         model_class=OFAForConditionalGeneration,
         state_dict=state,
         flags=tie_flags(config),
-        model_files=[MODEL_DIR / "configuration_ofa.py", MODEL_DIR / "modeling_ofa.py"],
+        model_files=model_source_files("ofa"),
         task="image-to-text",
         source_format="fairseq",
         hyper_parameters={"model": args, "task": task},

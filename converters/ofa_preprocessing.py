@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from hfport.errors import ConfigError
+from hfport.fairseq_text import DictionaryFormatError, read_dictionary, read_lines
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary defaults, ids 0..3
 
@@ -31,23 +32,18 @@ def build_task_dictionary(dict_path: Path, code_dict_size: int, num_bins: int) -
         symbols.append(word)
 
     try:
-        lines = dict_path.read_text(encoding="utf-8").splitlines()
+        entries = read_dictionary(dict_path)
     except OSError as err:
         raise ConfigError(f"cannot read the OFA dictionary {dict_path}: {err.strerror or err}") from err
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip()
-        if not line:
-            continue
-        overwrite = False
-        word, _, field = line.rpartition(" ")
-        if field == "#fairseq:overwrite":
-            overwrite = True
-            word, _, field = word.rpartition(" ")
-        if not word or not field.lstrip("-").isdigit():
-            raise ConfigError(f"{dict_path}:{number}: expected '<symbol> <count>', got {line!r}")
-        if word in index and not overwrite:
-            raise ConfigError(f"{dict_path}:{number}: duplicate symbol {word!r} (fairseq refuses this dictionary)")
-        add_symbol(word, overwrite)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"cannot read the OFA dictionary {dict_path}: not UTF-8 ({err.reason} at byte {err.start})") from err
+    except DictionaryFormatError as err:
+        raise ConfigError(str(err)) from err
+    for entry in entries:
+        if entry.symbol in index and not entry.overwrite:  # one of the four specials fairseq starts with
+            raise ConfigError(f"{dict_path}:{entry.line_number}: duplicate symbol {entry.symbol!r} "
+                              "(fairseq refuses this dictionary)")
+        add_symbol(entry.symbol, entry.overwrite)
     add_symbol("<mask>")
     for i in range(code_dict_size):
         add_symbol(f"<code_{i}>")
@@ -72,8 +68,11 @@ def _read_wordpiece_vocab(bpe_dir: Path) -> list[str]:
     path = bpe_dir / "vocab.txt"
     if not path.is_file():
         raise ConfigError(f"{path} is missing: a bpe=bert --bpe-dir must hold vocab.txt and dict.txt")
-    # like transformers' load_vocab: one token per line, trailing newline stripped, order = id
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    # BertTokenizer's load_vocab: one token per readlines() line, order = id
+    try:
+        return read_lines(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the WordPiece vocabulary {path}: {err}") from err
 
 
 def _model_vocab(symbols: list[str], subwords: list[str], symbol_of_subword) -> dict[str, int]:

@@ -217,7 +217,9 @@ class StandInDictionary:
 
     def __init__(self, path: Path):
         self.symbols = ["<s>", "<pad>", "</s>", "<unk>"]
-        for line in path.read_text(encoding="utf-8").splitlines():
+        with path.open(encoding="utf-8") as handle:  # readlines() like fairseq: U+2028 etc. stay inside a line
+            lines = [line[:-1] if line.endswith("\n") else line for line in handle]
+        for line in lines:
             if line.strip():
                 self.add_symbol(line.rstrip().rsplit(" ", 1)[0])
 
