@@ -40,8 +40,6 @@ FLAG_KEYS = {
 RESNET_BY_BLOCKS = {(2, 2, 2): "resnet18", (3, 4, 6): "resnet50", (3, 4, 23): "resnet101", (3, 8, 36): "resnet152"}
 # structure the port does not implement: refuse rather than drop weights silently
 UNSUPPORTED_KEYS = {
-    r"^(encoder|decoder)\.prompt_encoder\.": "prompt tuning (--encoder-prompt / --decoder-prompt)",
-    r"\.adapter\.": "adapters",
     r"^classification_heads\.": "classification heads (fine-tuned with --pooler-classifier)",
     r"^encoder\.embed_images\.(patch_embed|blocks)": "a ViT image backbone (OFA-Sys ViT variants)",
     r"^encoder\.(embed_audios|audio_)": "speech inputs (OFA speech / MMSpeech)",
@@ -125,7 +123,44 @@ def derive_structure(state: dict[str, torch.Tensor]) -> dict:
     found["resnet_blocks"] = blocks
     for flag, pattern in FLAG_KEYS.items():
         found[flag] = any(re.fullmatch(pattern, k) for k in keys)
+    for side in ("encoder", "decoder"):
+        found.update(_prompt_structure(state, side, found))
+    found.update(_adapter_structure(state, found))
     return found
+
+
+def _prompt_structure(state: dict[str, torch.Tensor], side: str, found: dict) -> dict:
+    """Prefix tuning: on/off, length and projection width from `{side}.{side}_prompt_encoder.*`."""
+    prefix = f"{side}.{side}_prompt_encoder."
+    if not any(k.startswith(prefix) for k in state):
+        return {f"{side}_prompt": False}
+    dim, layers = found[f"{side}_embed_dim"], found[f"{side}_layers"]
+    table = state.get(prefix + "embedding.weight")
+    if table is None or table.dim() != 2:
+        raise UnsupportedCheckpointError(f"{prefix}embedding.weight is missing or not a table")
+    out = {f"{side}_prompt": True, f"{side}_prompt_length": table.shape[0],
+           f"{side}_prompt_projection": prefix + "trans.0.weight" in state}
+    width = layers * 2 * dim  # one key and one value per layer
+    if out[f"{side}_prompt_projection"]:
+        out[f"{side}_prompt_dim"] = state[prefix + "trans.0.weight"].shape[0]
+        produced = state[prefix + "trans.2.weight"].shape[0] if prefix + "trans.2.weight" in state else None
+        shapes_ok = table.shape[1] == dim and produced == width
+    else:
+        shapes_ok = table.shape[1] == width
+    if not shapes_ok:
+        raise ConfigError(f"the {side} prompt encoder does not produce {layers} layers x (key, value) x {dim}")
+    return out
+
+
+def _adapter_structure(state: dict[str, torch.Tensor], found: dict) -> dict:
+    """Adapters: on/off and bottleneck width from `{side}.layers.{i}.adapter.down_proj.weight` (OFA gives every
+    layer of both sides one, all of the same width)."""
+    widths = {state[k].shape[0] for k in state if re.fullmatch(r"(encoder|decoder)\.layers\.\d+\.adapter\.down_proj\.weight", k)}
+    if not widths:
+        return {"adapter": False}
+    if len(widths) > 1:
+        raise ConfigError(f"adapters of different widths {sorted(widths)}: OFA builds them all with one --adapter-dim")
+    return {"adapter": True, "adapter_dim": widths.pop()}
 
 
 def _layer_count_in(keys, prefix: str) -> int:
@@ -213,6 +248,8 @@ def tie_flags(config) -> dict[str, bool]:
         "share_all_embeddings": bool(config.share_all_embeddings),
         "tie_output_to_encoder": shared_io and bool(config.share_all_embeddings),
         "tie_output_to_decoder": shared_io and not config.share_all_embeddings,
+        "encoder_prompt": bool(getattr(config, "encoder_prompt", False)),
+        "decoder_prompt": bool(getattr(config, "decoder_prompt", False)),
     }
 
 

@@ -55,10 +55,11 @@ def test_a_missing_source_tensor_is_named_and_nothing_is_written(shared_root, tm
 
 def test_an_extra_source_tensor_is_named_and_nothing_is_written(shared_root, tmp_path, capsys):
     def add(c):
-        c["model"]["decoder.layers.0.adapter.fc1.weight"] = torch.zeros(4, 48)
-        c["model"]["decoder.layers.1.adapter.fc1.weight"] = torch.zeros(4, 48)
+        # not OFA's adapter layout (down_proj/up_proj): an unknown module in existing layers
+        c["model"]["encoder.layers.0.adapter.fc1.weight"] = torch.zeros(4, 48)
+        c["model"]["encoder.layers.1.adapter.fc1.weight"] = torch.zeros(4, 48)
     err = _convert_fails(capsys, tmp_path, _modified_ofa(shared_root, tmp_path, add))
-    assert "decoder.layers.{0..1}.adapter.fc1.weight" in err
+    assert "encoder.layers.{0..1}.adapter.fc1.weight" in err
 
 
 def test_a_wrongly_shaped_tensor_is_named_with_both_shapes(shared_root, tmp_path, capsys):

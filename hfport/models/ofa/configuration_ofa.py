@@ -15,11 +15,11 @@ RESNET_LAYERS = {
     "resnet152": (3, 8, 36),
 }
 
+# the prompt types OFA's code can build and run (its command line accepts only "prefix")
+PROMPT_TYPES = ("prefix",)
+
 # fairseq options that change the network but that this port does not implement.
 UNSUPPORTED_FLAGS = (
-    "encoder_prompt",
-    "decoder_prompt",
-    "adapter",
     "cross_self_attention",
     "no_cross_attention",
     "tie_adaptive_weights",
@@ -39,6 +39,12 @@ class OFAConfig(PreTrainedConfig):
     `share_decoder_input_output_embed`, `resnet_type`, `sync_bn` (BatchNorm eps 1e-3), `freeze_resnet` (frozen
     BatchNorm without `num_batches_tracked`), `token_bucket_size`, `image_bucket_size`, `attn_scale_factor`,
     `code_image_size`, `interpolate_position` / `orig_patch_image_size`, `decoder_output_dim`.
+
+    Parameter-efficient fine-tuning (OFA's `--encoder-prompt` / `--decoder-prompt` / `--adapter`):
+    `encoder_prompt` / `decoder_prompt` prepend `*_prompt_length` learned key/value vectors to every self-attention
+    of that side (type `prefix`; with `*_prompt_projection` they come from an embedding of width `*_embed_dim`
+    through a `*_prompt_dim`-wide two-layer MLP); `adapter` adds a bottleneck MLP of width `adapter_dim` after the
+    FFN of every layer.
     """
 
     model_type = "ofa"
@@ -94,6 +100,18 @@ class OFAConfig(PreTrainedConfig):
     freeze_resnet: bool = False
     interpolate_position: bool = False
     orig_patch_image_size: int = 256
+    encoder_prompt: bool = False
+    encoder_prompt_type: str = "prefix"
+    encoder_prompt_length: int = 100
+    encoder_prompt_projection: bool = False
+    encoder_prompt_dim: int | None = None
+    decoder_prompt: bool = False
+    decoder_prompt_type: str = "prefix"
+    decoder_prompt_length: int = 100
+    decoder_prompt_projection: bool = False
+    decoder_prompt_dim: int | None = None
+    adapter: bool = False
+    adapter_dim: int = 200
     init_std: float = 0.02
     use_cache: bool = True
     pad_token_id: int | None = 1
@@ -121,6 +139,16 @@ class OFAConfig(PreTrainedConfig):
             )
         if self.share_all_embeddings and self.encoder_embed_dim != self.decoder_embed_dim:
             raise ValueError("share_all_embeddings requires encoder_embed_dim == decoder_embed_dim")
+        for side in ("encoder", "decoder"):
+            if not getattr(self, f"{side}_prompt"):
+                continue
+            kind = getattr(self, f"{side}_prompt_type")
+            if kind not in PROMPT_TYPES:
+                raise ValueError(f"{side}_prompt_type {kind!r} is not supported (OFA builds only {PROMPT_TYPES})")
+            if getattr(self, f"{side}_prompt_length") < 1:
+                raise ValueError(f"{side}_prompt_length must be positive")
+            if getattr(self, f"{side}_prompt_projection") and not getattr(self, f"{side}_prompt_dim"):
+                raise ValueError(f"{side}_prompt_projection needs {side}_prompt_dim")
         for flag in UNSUPPORTED_FLAGS:
             if getattr(self, flag, False):
                 raise ValueError(f"the OFA option {flag!r} is not supported by this port")
@@ -131,4 +159,4 @@ class OFAConfig(PreTrainedConfig):
         return float(self.activation_dropout or self.relu_dropout or 0.0)
 
 
-__all__ = ["OFAConfig", "RESNET_LAYERS"]
+__all__ = ["OFAConfig", "PROMPT_TYPES", "RESNET_LAYERS"]

@@ -27,6 +27,8 @@ BUCKET_TABLE_POSITIONS = 1024
 # OFA's decoder pads its image-code position table with this many entries pointing at position 1024.
 CODE_POSITION_PADDING = 769
 RESNET_OUTPUT_CHANNELS = 1024
+# OFA applies this dropout to its prompt key/values while training (a fixed nn.Dropout(0.2) in its encoder/decoder)
+PROMPT_DROPOUT = 0.2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -327,6 +329,7 @@ class OFAAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,
         attention_bias: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        prompt_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         batch_size, query_len, _ = hidden_states.shape
         query = self._split_heads(self.q_proj(hidden_states) * self.scaling)
@@ -354,6 +357,14 @@ class OFAAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx)
                 if self.is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
                     past_key_values.is_updated[self.layer_idx] = True
+        if prompt_key_values is not None:
+            # prefix tuning: learned keys/values in front of the (cached) real ones, never cached themselves, seen
+            # by every query, without position bias
+            prompt_key, prompt_value = (p.expand(batch_size, -1, -1, -1) for p in prompt_key_values)
+            key = torch.cat([prompt_key, key], dim=2)
+            value = torch.cat([prompt_value, value], dim=2)
+            if attention_bias is not None:
+                attention_bias = F.pad(attention_bias, (prompt_key.shape[2], 0))
 
         dropout = self.dropout if self.training else 0.0
         if self.config._attn_implementation == "sdpa":
@@ -370,6 +381,64 @@ class OFAAttention(nn.Module):
         if self.c_attn is not None:
             attn = attn * self.c_attn[:, None]
         return self.out_proj(attn.reshape(batch_size, query_len, self.embed_dim))
+
+
+class OFAPromptEncoder(nn.Module):
+    """Prefix tuning (OFA's `--*-prompt`): per-layer learned keys and values for the self-attentions of one side.
+
+    A table of `length` rows gives, for each layer, one key and one value per prompt position and head; with
+    `projection` the rows are narrower (`dim`) and pass through a two-layer MLP (`trans`, width `proj_dim`) first.
+    """
+
+    def __init__(self, length: int, dim: int, num_layers: int, num_heads: int, projection: bool, proj_dim: int | None):
+        super().__init__()
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        width = num_layers * 2 * dim
+        self.embedding = nn.Embedding(length, dim if projection else width)
+        self.trans = (
+            nn.Sequential(nn.Linear(dim, proj_dim), nn.ReLU(), nn.Linear(proj_dim, width)) if projection else None
+        )
+
+    def forward(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: (key, value), each (1, heads, length, head_dim)."""
+        table = self.embedding.weight
+        if self.trans is not None:
+            table = self.trans(table)
+        table = F.dropout(table, PROMPT_DROPOUT, self.training)
+        # rows: prompt positions; columns: (layer, key|value, head, head_dim)
+        table = table.view(table.shape[0], 2 * self.num_layers, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        return [(table[2 * i][None], table[2 * i + 1][None]) for i in range(self.num_layers)]
+
+
+def build_prompt_encoder(config: OFAConfig, side: str) -> OFAPromptEncoder | None:
+    if not getattr(config, f"{side}_prompt", False):
+        return None
+    return OFAPromptEncoder(
+        length=getattr(config, f"{side}_prompt_length"),
+        dim=getattr(config, f"{side}_embed_dim"),
+        num_layers=getattr(config, f"{side}_layers"),
+        num_heads=getattr(config, f"{side}_attention_heads"),
+        projection=bool(getattr(config, f"{side}_prompt_projection")),
+        proj_dim=getattr(config, f"{side}_prompt_dim"),
+    )
+
+
+class OFAAdapter(nn.Module):
+    """OFA's `--adapter`: a residual bottleneck MLP applied to the FFN output of a layer."""
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.down_proj = nn.Linear(dim, bottleneck)
+        self.up_proj = nn.Linear(bottleneck, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up_proj(F.relu(self.down_proj(x))) + x
+
+
+def build_adapter(config: OFAConfig, dim: int) -> OFAAdapter | None:
+    return OFAAdapter(dim, config.adapter_dim) if getattr(config, "adapter", False) else None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -390,6 +459,7 @@ class OFAEncoderLayer(nn.Module):
         self.ffn_layer_norm = nn.LayerNorm(config.encoder_ffn_embed_dim) if config.scale_fc else None
         self.w_resid = nn.Parameter(torch.ones(dim)) if config.scale_resids else None
         self.final_layer_norm = nn.LayerNorm(dim)
+        self.adapter = build_adapter(config, dim)
         self.activation = get_activation(config.activation_fn)
         self.dropout = config.dropout
         self.activation_dropout = config.activation_dropout_rate
@@ -398,10 +468,15 @@ class OFAEncoderLayer(nn.Module):
     def _residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return residual + drop_path(x, self.drop_path_rate, self.training)
 
-    def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_bias: torch.Tensor,
+        prompt_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         residual = hidden_states
         x = self.self_attn_layer_norm(hidden_states) if self.normalize_before else hidden_states
-        x = self.self_attn(x, attention_bias=attention_bias)
+        x = self.self_attn(x, attention_bias=attention_bias, prompt_key_values=prompt_key_values)
         if self.self_attn_mid_layer_norm is not None:
             x = self.self_attn_mid_layer_norm(x)
         x = self._residual(F.dropout(x, self.dropout, self.training), residual)
@@ -429,6 +504,7 @@ class OFADecoderLayer(nn.Module):
         self.fc1 = nn.Linear(dim, config.decoder_ffn_embed_dim)
         self.fc2 = nn.Linear(config.decoder_ffn_embed_dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
+        self.adapter = build_adapter(config, dim)
         self.activation = get_activation(config.activation_fn)
         self.dropout = config.dropout
         self.activation_dropout = config.activation_dropout_rate
@@ -444,10 +520,16 @@ class OFADecoderLayer(nn.Module):
         encoder_hidden_states: torch.Tensor,
         cross_attention_bias: torch.Tensor,
         past_key_values: Cache | None = None,
+        prompt_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         residual = hidden_states
         x = self.self_attn_layer_norm(hidden_states) if self.normalize_before else hidden_states
-        x = self.self_attn(x, attention_bias=self_attention_bias, past_key_values=past_key_values)
+        x = self.self_attn(
+            x,
+            attention_bias=self_attention_bias,
+            past_key_values=past_key_values,
+            prompt_key_values=prompt_key_values,
+        )
         if self.self_attn_mid_layer_norm is not None:
             x = self.self_attn_mid_layer_norm(x)
         x = self._residual(F.dropout(x, self.dropout, self.training), residual)
@@ -481,6 +563,8 @@ def feed_forward(layer: OFAEncoderLayer | OFADecoderLayer, x: torch.Tensor, norm
     if layer.ffn_layer_norm is not None:
         x = layer.ffn_layer_norm(x)
     x = F.dropout(layer.fc2(x), layer.dropout, layer.training)
+    if layer.adapter is not None:
+        x = layer.adapter(x)
     if layer.w_resid is not None:
         residual = layer.w_resid * residual
     x = layer._residual(x, residual)
@@ -547,6 +631,7 @@ class OFAEncoder(nn.Module):
             [OFAEncoderLayer(config, i, drop_path_rate=rates[i]) for i in range(config.encoder_layers)]
         )
         self.layer_norm = nn.LayerNorm(dim) if config.encoder_normalize_before else None
+        self.prompt_encoder = build_prompt_encoder(config, "encoder")
         self.token_rel_pos_table_list = nn.ModuleList(
             [nn.Embedding(2 * config.token_bucket_size - 1, heads) for _ in range(config.encoder_layers)]
         )
@@ -650,6 +735,7 @@ class OFAEncoder(nn.Module):
         if num_patches:
             image_buckets = self.image_rp_bucket[patch_position_ids][:, patch_position_ids]
 
+        prompts = self.prompt_encoder() if self.prompt_encoder is not None else None
         hidden_states = [x]
         for idx, layer in enumerate(self.layers):
             bias = abs_bias.clone()
@@ -660,7 +746,7 @@ class OFAEncoder(nn.Module):
                 bias[:, :, :num_patches, :num_patches] += relative_position_bias(
                     self.image_rel_pos_table_list[idx], image_buckets
                 )[None]
-            x = layer(x, attention_bias=bias + padding_bias)
+            x = layer(x, attention_bias=bias + padding_bias, prompt_key_values=prompts[idx] if prompts else None)
             hidden_states.append(x)
 
         last_hidden_state = self.layer_norm(x) if self.layer_norm is not None else x
@@ -699,6 +785,7 @@ class OFADecoder(nn.Module):
             [OFADecoderLayer(config, i, drop_path_rate=rates[i]) for i in range(config.decoder_layers)]
         )
         self.layer_norm = nn.LayerNorm(dim) if config.decoder_normalize_before else None
+        self.prompt_encoder = build_prompt_encoder(config, "decoder")
         output_dim = config.decoder_output_dim or dim
         self.project_out_dim = nn.Linear(dim, output_dim, bias=False) if output_dim != dim else None
         self.output_projection = (
@@ -816,6 +903,7 @@ class OFADecoder(nn.Module):
                 )
         mask = padding_to_bias(key_padding, self_abs_bias.dtype).masked_fill(causal, float("-inf"))
 
+        prompts = self.prompt_encoder() if self.prompt_encoder is not None else None
         hidden_states = [x]
         for idx, layer in enumerate(self.layers):
             self_bias = self_abs_bias + self._self_relative_bias(idx, code_masks, past_len, total_len)
@@ -825,6 +913,7 @@ class OFADecoder(nn.Module):
                 encoder_hidden_states=encoder_hidden_states,
                 cross_attention_bias=cross_bias,
                 past_key_values=past_key_values,
+                prompt_key_values=prompts[idx] if prompts else None,
             )
             hidden_states.append(x)
 
