@@ -19,14 +19,14 @@ from typing import Any, Callable
 import torch
 
 from hfport import __version__
-from hfport.errors import CheckpointError, ConfigError, HfportError, UnsupportedCheckpointError
+from hfport.errors import CheckpointError, ConfigError, HfportError, MappingError, UnsupportedCheckpointError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
 from hfport.write.folder import check_output_file, check_output_path, staged_output
 from hfport.write.safetensors_shards import ShardedSafetensorsWriter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FAMILIES = ("ofa", "meter")
+FAMILIES = ("ofa", "meter", "fairseq_translation")
 
 
 @dataclass
@@ -54,13 +54,13 @@ def reject_unused_options(unused: dict, family: str) -> None:
 
 
 def detect_family(checkpoint: dict, path: Path):
-    from hfport.converters import meter, ofa
+    from hfport.converters import fairseq_translation, meter, ofa
 
-    for family in (ofa, meter):
+    for family in (fairseq_translation, ofa, meter):  # fairseq's own archs first: OFA's matcher is any fairseq file
         if family.matches(checkpoint):
             return family
     raise UnsupportedCheckpointError(
-        f"{path}: not an OFA (fairseq) or METER (Lightning) checkpoint "
+        f"{path}: not an OFA or fairseq translation (fairseq) or METER (Lightning) checkpoint "
         f"(top-level keys: {', '.join(sorted(map(str, checkpoint))[:8])})"
     )
 
@@ -76,9 +76,15 @@ def check_tensors(state: dict, path: Path) -> None:
 
 def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
     """Every parameter and persistent buffer the HF model expects, built on the meta device (no memory)."""
+    return target_inventory(model_class, config)[0]
+
+
+def target_inventory(model_class: type, config) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """target_shapes plus the ties the model declares (target -> owner), which loading restores."""
     with torch.device("meta"):
         model = model_class(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ties = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, ties
 
 
 def convert_checkpoint(
@@ -106,16 +112,19 @@ def convert_checkpoint(
     check_tensors(checkpoint[family.STATE_KEY], source)
     prepared: Prepared = family.prepare(checkpoint, source, **options)
     mapping = Mapping.load(family.MAPPING)
-    expected = target_shapes(prepared.model_class, prepared.config)
+    expected, implied_ties = target_inventory(prepared.model_class, prepared.config)
     shapes = {k: tuple(v.shape) for k, v in prepared.state_dict.items()}
-    plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name)
+    plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name, implied_ties=implied_ties)
+    generate = family.generator(prepared.config) if hasattr(family, "generator") else None
 
     out_dtype = DTYPES[dtype] if dtype else prepared.source_dtype
     prepared.config.dtype = str(out_dtype).removeprefix("torch.")
     with staged_output(output, force, protect=source) as staging:
         writer = ShardedSafetensorsWriter(staging, max_shard_size)
         total = len(plan.output_keys)
-        for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name), 1):
+        for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name, generate), 1):
+            if tuple(tensor.shape) != expected[key]:
+                raise MappingError(f"shape mismatch: {key} {list(tensor.shape)}, the model expects {list(expected[key])}")
             if tensor.is_floating_point() and tensor.dtype != out_dtype:
                 tensor = tensor.to(out_dtype)
             writer.add(key, tensor)
@@ -144,6 +153,7 @@ def convert_checkpoint(
             "hyper_parameters": _jsonable(prepared.hyper_parameters),
             "dropped": {**plan.dropped},
             "tied": plan.tied,
+            "generated": {k: "computed by hfport (the source recomputes it at load time)" for k in plan.generated},
             "notes": prepared.notes,
             "files": sorted(written + extras),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,6 +9,9 @@ Rule kinds (``mappings/<family>.toml``):
               supplies a generator for it, otherwise reported as not restored
 - ``tie``     a source key that must equal another source key (shared embeddings): checked bit-exactly and
               consumed; its target is derived by weight tying. Backwards it is written as a copy.
+- ``generate`` a target key with no source: the target stores what the original recomputes at load time
+              (a sinusoidal table); computed by the converter's named ``generator``, shape-checked; backwards it
+              is consumed and not written (the original recomputes it)
 
 Any rule may carry ``when = "flag"`` / ``when = "!flag"``: it applies only if the converter's flag says so
 (``when = "keep_{head}"`` names the flag through the matched key's placeholders).
@@ -33,7 +36,7 @@ import torch
 from hfport.errors import MappingError
 from hfport.mappings.templates import Template, collapse_keys
 
-KIND_ORDER = ("tie", "drop", "derive", "split", "rename")
+KIND_ORDER = ("tie", "drop", "derive", "generate", "split", "rename")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Rule:
     transpose: bool = False
     same_as: Template | None = None  # tie: the source key this one must equal
     tied_to: Template | None = None  # tie: the target key that owns the weight
-    regenerate: str | None = None  # derive: name of the generator that rebuilds it backwards
+    regenerate: str | None = None  # derive: name of the generator that rebuilds it backwards; generate: forwards
 
     def applies(self, flags: MappingType[str, bool], values: MappingType[str, str] | None = None) -> bool:
         """``when`` may name placeholders (``keep_{head}``): they are filled from the matched key."""
@@ -67,7 +70,7 @@ class Rule:
 class Step:
     """One output tensor (or several for a split) computed from input keys."""
 
-    op: str  # "copy" | "split" | "concat" | "check"
+    op: str  # "copy" | "split" | "concat" | "check" | "generate" (inputs = [generator name])
     inputs: list[str]
     outputs: list[str]
     dim: int = 0
@@ -87,6 +90,10 @@ class Plan:
     @property
     def output_keys(self) -> list[str]:
         return [k for s in self.steps if s.op != "check" for k in s.outputs]
+
+    @property
+    def generated(self) -> list[str]:
+        return [k for s in self.steps if s.op == "generate" for k in s.outputs]
 
 
 class Mapping:
@@ -127,11 +134,14 @@ class Mapping:
         direction: str = "forward",
         source_name: str = "source",
         regenerators: Collection[str] = (),
+        implied_ties: MappingType[str, str] | None = None,
     ) -> Plan:
         """Resolve every input key to a rule and check the result against the expected outputs.
 
         ``expected_outputs`` maps every output key the other side needs to its shape (for HF targets: the
         model's state dict built on the meta device). Backwards it may be None (no inventory to check).
+        ``implied_ties`` (target -> owner) are the ties the target model declares itself (transformers'
+        ``_tied_weights_keys``): such a target need not be produced when its owner is.
         """
         if direction not in ("forward", "backward"):
             raise ValueError(direction)
@@ -154,6 +164,8 @@ class Mapping:
                 side = rule.source if forward else rule.target
                 if rule.kind in ("drop", "derive"):
                     side = rule.source if forward else ()
+                if rule.kind == "generate":
+                    side = () if forward else rule.target
                 if rule.kind == "tie" and not forward:
                     side = rule.target
                 hit = next(((t, v) for t in side for v in [t.match(key)] if v is not None), None)
@@ -163,7 +175,7 @@ class Mapping:
                 if not rule.applies(flags, values):
                     continue
                 claimed.add(key)
-                if rule.kind in ("drop", "derive"):
+                if rule.kind in ("drop", "derive", "generate"):
                     dropped[key] = rule.reason
                 elif rule.kind == "tie":
                     self._plan_tie(rule, values, key, forward, input_shapes, steps, tied)
@@ -192,6 +204,10 @@ class Mapping:
             steps.append(Step("concat", wanted, [out], dim=rule.dim))
 
         if forward:
+            for rule in rules:
+                if rule.kind == "generate":
+                    for values in _enumerate_values(rule.target[0]):
+                        steps.append(Step("generate", [rule.regenerate], [rule.target[0].render(values)]))
             # a tied alias some writers leave out of the file (its owner is there) is still derived by tying
             for rule in rules:
                 if rule.kind == "tie":
@@ -221,6 +237,10 @@ class Mapping:
                     alias = rule.source[0].render(values)
                     steps.append(Step("copy", list(step.inputs), [alias], transpose=step.transpose))
 
+        for alias, owner in (implied_ties or {}).items():
+            if alias not in tied and not any(alias in s.outputs for s in steps if s.op != "check") and (
+                    owner in tied or any(owner in s.outputs for s in steps if s.op != "check")):
+                tied[alias] = tied.get(owner, owner)
         self._check_outputs(steps, tied, expected_outputs, source_name, forward)
         return Plan(direction, steps, dropped, tied, not_restored, regenerated)
 
@@ -327,6 +347,10 @@ class Mapping:
                 yield from zip(step.outputs, pieces)
             elif step.op == "concat":
                 yield step.outputs[0], torch.cat([get(k) for k in step.inputs], dim=step.dim)
+            elif step.op == "generate":
+                if regenerate is None:
+                    raise MappingError(f"{source_name}: {step.outputs[0]} needs the generator {step.inputs[0]!r}")
+                yield step.outputs[0], regenerate(step.inputs[0], step.outputs[0])
 
 
 def _parse_rule(kind: str, entry: dict, path: Path) -> Rule:
@@ -341,6 +365,11 @@ def _parse_rule(kind: str, entry: dict, path: Path) -> Rule:
                 raise MappingError(f"{path}: every {kind} rule needs a reason ({entry})")
             return Rule(kind, templates(entry.get("keys", entry.get("source"))), (), entry["reason"],
                         entry.get("when"), regenerate=entry.get("regenerate"))
+        if kind == "generate":
+            if not entry.get("reason") or not entry.get("generator"):
+                raise MappingError(f"{path}: every generate rule needs a generator and a reason ({entry})")
+            return Rule(kind, (), templates(entry["target"]), entry["reason"], entry.get("when"),
+                        regenerate=entry["generator"])
         if kind == "tie":
             return Rule(kind, templates(entry["source"]), templates(entry["target"]), entry.get("reason", ""),
                         entry.get("when"), same_as=Template(entry["same_as"]), tied_to=Template(entry["tied_to"]))

@@ -148,7 +148,7 @@ def golden_from_dict(data: dict[str, Any], path: str | None = None, sha256: str 
     gens = _generations(data.get("generation", {}))
     meta = dict(data.get("meta", {}))
     meta.setdefault("variant", data.get("variant"))
-    return Golden("ofa", sets, traces, gens, meta, path, sha256)
+    return Golden(str(data.get("family", "ofa")), sets, traces, gens, meta, path, sha256)
 
 
 

@@ -114,6 +114,12 @@ def record(checkpoint: str, reference_code: str, out: str, family: Optional[str]
     family = family or detect_family(checkpoint)
     if family == "ofa":
         golden = record_ofa(checkpoint, reference_code, sets, bpe_dir=bpe_dir)
+    elif family == "fairseq":  # fairseq's own families; reference_code = the task's data folder (dict.*.txt)
+        from hfport.verify.backends import fairseq_native
+
+        golden = fairseq_native.record_translation(checkpoint, reference_code)
+        golden["meta"].update(recorder=RECORDER, checkpoint_sha256=file_sha256(checkpoint),
+                              versions=_versions(["fairseq"]), torch_num_threads=torch.get_num_threads())
     elif family == "meter":
         golden = record_meter(checkpoint, reference_code, sets, text_config=text_config, vit=vit)
     else:
@@ -133,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the original checkpoint (.pt fairseq OFA, .ckpt METER)")
     p.add_argument("--reference-code", required=True, help="the original code checkout (OFA or METER)")
     p.add_argument("--out", required=True, help="golden file to write")
-    p.add_argument("--family", choices=["ofa", "meter"], help="default: from the file name (.ckpt = METER)")
+    p.add_argument("--family", choices=["ofa", "meter", "fairseq"],
+                   help="default: from the file name (.ckpt = METER); fairseq = fairseq's own families, whose "
+                   "--reference-code is the task's data folder (dict.*.txt, probes.txt)")
     p.add_argument("--inputs", help="torch file {set name: inputs dict} to run instead of the built-in probes")
     p.add_argument("--bpe-dir", help="OFA: directory with dict.txt, encoder.json, vocab.bpe")
     p.add_argument("--text-config", help="METER: config.json of the text encoder")

@@ -12,7 +12,9 @@ import torch
 
 from hfport.errors import ConfigError, MappingError
 
-TRACE_MODULES = {"ofa": "hfport.verify.backends.hf_ofa", "meter": "hfport.verify.backends.hf_meter"}
+TRACE_MODULES = {"ofa": "hfport.verify.backends.hf_ofa", "meter": "hfport.verify.backends.hf_meter",
+                 "fairseq_translation": "hfport.verify.backends.hf_fairseq"}
+STOCK_AUTO = {"fairseq_translation": "AutoModelForSeq2SeqLM"}  # families converted into stock classes
 
 
 def _auto_class(folder: Path) -> Any:
@@ -21,6 +23,9 @@ def _auto_class(folder: Path) -> Any:
 
     config = json.loads((folder / "config.json").read_text())
     auto_map = config.get("auto_map") or {}
+    family = json.loads((folder / "hfport.json").read_text()).get("family") if (folder / "hfport.json").is_file() else None
+    if not auto_map and family in STOCK_AUTO:
+        return getattr(transformers, STOCK_AUTO[family])
     wanted = None
     provenance = folder / "hfport.json"
     if provenance.is_file():

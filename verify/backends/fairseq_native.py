@@ -1,0 +1,121 @@
+"""fairseq's own model families (translation transformer, ...) as the reference: load, trace, generate.
+
+Runs in the original environment (torch + fairseq, no transformers), Python >= 3.8. The model is loaded the way
+fairseq users load it, `checkpoint_utils.load_model_ensemble_and_task`, with the task's data folder (the one
+holding dict.*.txt) passed as `data`; generation is fairseq's `SequenceGenerator`.
+
+Golden layout: format_version 1 (as OFA's), plus "family". Traces hold what both sides compute: the input of
+every encoder / decoder layer (`encoder_hidden_states.i`, `decoder_inner_states.i`), the encoder output (after the
+final LayerNorm of pre-norm models), the decoder features before the output projection, and the logits.
+"""
+
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List
+
+import torch
+
+GENERATION_DEFAULTS = dict(max_len_a=0, normalize_scores=True, len_penalty=1.0, unk_penalty=0.0, temperature=1.0,
+                           match_source_len=False, no_repeat_ngram_size=0)
+
+
+def load(checkpoint: str, data_dir: str):
+    from fairseq import checkpoint_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})
+    return models[0].float().eval(), task, cfg
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    """fairseq's time-first (T, B, C) as batch-first fp32."""
+    return x.transpose(0, 1).float().clone()
+
+
+def translation_probes(task: Any, sentences: List[str]) -> Dict[str, torch.Tensor]:
+    """Source sentences encoded with the task's source dictionary, padded the way the task pads (left by
+    default: `left_pad_source`)."""
+    src_dict = task.source_dictionary
+    rows = [src_dict.encode_line(s, add_if_not_exist=False, append_eos=True).long() for s in sentences]
+    left = bool(getattr(task.cfg, "left_pad_source", True))
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), src_dict.pad(), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if left:
+            tokens[i, width - len(r):] = r
+        else:
+            tokens[i, :len(r)] = r
+    return {"src_tokens": tokens, "src_lengths": torch.tensor([len(r) for r in rows])}
+
+
+def teacher_forcing_inputs(task: Any, hypotheses: List[List[int]]) -> torch.Tensor:
+    """prev_output_tokens for a forward pass: </s> then the hypothesis without its final </s>, right-padded
+    (fairseq's `left_pad_target` default)."""
+    d = task.target_dictionary
+    rows = [[d.eos()] + h[:-1] for h in hypotheses]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [d.pad()] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def outputs(model: Any, inputs: Dict[str, torch.Tensor]) -> "OrderedDict[str, Any]":
+    with torch.no_grad():
+        enc = model.encoder(inputs["src_tokens"], src_lengths=inputs["src_lengths"], return_all_hiddens=True)
+        logits, extra = model.decoder(inputs["prev_output_tokens"], encoder_out=enc, return_all_hiddens=True)
+        features, _ = model.decoder(inputs["prev_output_tokens"], encoder_out=enc, features_only=True)
+    n_enc = len(model.encoder.layers)
+    n_dec = len(model.decoder.layers)
+    return OrderedDict([
+        ("encoder_hidden_states", [_t(s) for s in enc["encoder_states"][:n_enc]]),
+        ("encoder_out", _t(enc["encoder_out"][0])),
+        ("encoder_padding_mask", enc["encoder_padding_mask"][0].clone()),
+        ("decoder_inner_states", [_t(s) for s in extra["inner_states"][:n_dec]]),
+        ("decoder_features", features.float().clone()),
+        ("logits", logits.float().clone()),
+    ])
+
+
+def generate_run(model: Any, task: Any, inputs: Dict[str, torch.Tensor], beam_size: int, max_len_b: int,
+                 min_len: int = 1) -> Dict[str, Any]:
+    from fairseq.sequence_generator import SequenceGenerator
+
+    kwargs = dict(GENERATION_DEFAULTS, beam_size=beam_size, max_len_b=max_len_b, min_len=min_len)
+    generator = SequenceGenerator([model], task.target_dictionary, **kwargs)
+    net_input = {k: inputs[k] for k in ("src_tokens", "src_lengths")}
+    with torch.no_grad():
+        hypos = generator.generate([model], {"net_input": net_input})
+    best = [sample[0] for sample in hypos]
+    d = task.target_dictionary
+    return {
+        "settings": dict(kwargs, search="BeamSearch", eos=d.eos(), pad=d.pad(), first_decoder_token=d.eos(),
+                         call="SequenceGenerator([model], tgt_dict, **kwargs).generate([model], {'net_input': ...})"),
+        "tokens": [h["tokens"].tolist() for h in best],
+        "scores": [float(h["score"]) for h in best],
+        "positional_scores": [h["positional_scores"].tolist() for h in best],
+    }
+
+
+def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: int = 12) -> Dict[str, Any]:
+    """The golden dict of a fairseq translation checkpoint on the sentences in `data_dir`/probes.txt."""
+    model, task, cfg = load(checkpoint, data_dir)
+    with open(os.path.join(data_dir, "probes.txt")) as f:
+        sentences = [line.strip() for line in f if line.strip()]
+    inputs = translation_probes(task, sentences)
+    generation = OrderedDict()
+    for beam in beams:
+        name = "greedy" if beam == 1 else "beam{}".format(beam)
+        generation[name] = generate_run(model, task, inputs, beam, max_len_b)
+    inputs["prev_output_tokens"] = teacher_forcing_inputs(task, generation["greedy"]["tokens"])
+    generation["note"] = ("tokens exclude the leading decoder-start token (</s>) and end with </s> unless the "
+                          "length limit forced it")
+    d = task.source_dictionary
+    golden = OrderedDict([
+        ("format_version", 1), ("family", "fairseq_translation"), ("pad_side", "left"),
+        ("inputs", inputs), ("outputs", outputs(model, inputs)), ("generation", generation),
+    ])
+    golden["meta"] = {
+        "sentences": sentences,
+        "arch": getattr(cfg.model, "arch", None) or getattr(cfg.model, "_name", None),
+        "special_ids": {"bos": d.bos(), "pad": d.pad(), "eos": d.eos(), "unk": d.unk()},
+        "dict_size": {"source": len(task.source_dictionary), "target": len(task.target_dictionary)},
+        "outputs_computed_with": "checkpoint_utils.load_model_ensemble_and_task(...)[0].float().eval(), fp32, no_grad",
+    }
+    return golden
