@@ -1,7 +1,8 @@
 """read -> map -> write: the family-independent conversion driver.
 
-A family converter (``converters/ofa.py``, ``converters/meter.py``) knows how to recognise its checkpoints,
-derive the HF config from hyper-parameters and tensor shapes, and which extra files travel with the model.
+A family (``hfport.family``; ``converters/ofa_family.py``, ``converters/meter_family.py``) knows how to recognise
+its checkpoints, derive the HF config from hyper-parameters and tensor shapes, and which extra files travel with
+the model.
 Everything else — strict key accounting, shape checks, dtype handling, streaming shards, staging the output
 folder, provenance — happens here, once.
 """
@@ -19,14 +20,13 @@ from typing import Any, Callable
 import torch
 
 from hfport import __version__
-from hfport.errors import CheckpointError, ConfigError, HfportError, MappingError, UnsupportedCheckpointError
+from hfport.errors import CheckpointError, ConfigError, HfportError, MappingError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
 from hfport.write.folder import check_output_file, check_output_path, staged_output
 from hfport.write.safetensors_shards import ShardedSafetensorsWriter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FAMILIES = ("ofa", "meter", "fairseq_translation")
 
 
 @dataclass
@@ -54,15 +54,10 @@ def reject_unused_options(unused: dict, family: str) -> None:
 
 
 def detect_family(checkpoint: dict, path: Path):
-    from hfport.converters import fairseq_translation, meter, ofa
+    """The registered family (see hfport.family) whose test accepts this checkpoint."""
+    from hfport.family import detect_family as detect
 
-    for family in (fairseq_translation, ofa, meter):  # fairseq's own archs first: OFA's matcher is any fairseq file
-        if family.matches(checkpoint):
-            return family
-    raise UnsupportedCheckpointError(
-        f"{path}: not an OFA or fairseq translation (fairseq) or METER (Lightning) checkpoint "
-        f"(top-level keys: {', '.join(sorted(map(str, checkpoint))[:8])})"
-    )
+    return detect(checkpoint, path)
 
 
 def check_tensors(state: dict, path: Path) -> None:
@@ -80,7 +75,7 @@ def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
 
 
 def target_inventory(model_class: type, config) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """target_shapes plus the ties the model declares (target -> owner), which loading restores."""
+    """target_shapes plus the ties the model declares itself (target -> owner), which loading restores."""
     with torch.device("meta"):
         model = model_class(config)
     ties = dict(getattr(model, "all_tied_weights_keys", None) or {})
@@ -109,9 +104,9 @@ def convert_checkpoint(
         raise HfportError(f"unknown --dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     checkpoint = load_checkpoint(source, trust=trust_pickle)
     family = detect_family(checkpoint, source)
-    check_tensors(checkpoint[family.STATE_KEY], source)
+    check_tensors(checkpoint[family.state_key], source)
     prepared: Prepared = family.prepare(checkpoint, source, **options)
-    mapping = Mapping.load(family.MAPPING)
+    mapping = Mapping.load(family.mapping)
     expected, implied_ties = target_inventory(prepared.model_class, prepared.config)
     shapes = {k: tuple(v.shape) for k, v in prepared.state_dict.items()}
     plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name, implied_ties=implied_ties)
@@ -121,10 +116,14 @@ def convert_checkpoint(
     prepared.config.dtype = str(out_dtype).removeprefix("torch.")
     with staged_output(output, force, protect=source) as staging:
         writer = ShardedSafetensorsWriter(staging, max_shard_size)
+        seen_storages: set[int] = set()
         total = len(plan.output_keys)
         for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name, generate), 1):
             if tuple(tensor.shape) != expected[key]:
                 raise MappingError(f"shape mismatch: {key} {list(tensor.shape)}, the model expects {list(expected[key])}")
+            if tensor.untyped_storage().data_ptr() in seen_storages:  # a source alias the target keeps apart
+                tensor = tensor.clone()
+            seen_storages.add(tensor.untyped_storage().data_ptr())
             if tensor.is_floating_point() and tensor.dtype != out_dtype:
                 tensor = tensor.to(out_dtype)
             writer.add(key, tensor)
@@ -137,7 +136,7 @@ def convert_checkpoint(
         extras = prepared.write_extras(staging) if prepared.write_extras else []
         provenance = {
             "schema": "hfport.provenance/1",
-            "family": family.FAMILY,
+            "family": family.name,
             "hfport_version": __version__,
             "source": {
                 "file": source.name,
@@ -178,33 +177,26 @@ def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force
     Returns ``{"written": path, "not_restored": {key: reason}, "regenerated": [keys]}``. Everything the
     forward conversion carried over comes back bit-exactly; dropped keys (listed) cannot.
     """
-    import importlib
     import tempfile
 
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    folder = Path(folder)
+    from hfport.family import ConvertedFolder
+
     output = check_output_file(output, force)
-    provenance_path = folder / "hfport.json"
-    if not provenance_path.is_file():
-        raise HfportError(f"{folder}: not an hfport-converted folder (no hfport.json)")
-    try:
-        provenance = json.loads(provenance_path.read_text())
-    except (OSError, ValueError) as err:
-        raise HfportError(f"{provenance_path}: unreadable ({err})") from None
-    if provenance.get("family") not in FAMILIES:
-        raise HfportError(f"{provenance_path}: unknown family {provenance.get('family')!r} (expected ofa or meter)")
-    family = importlib.import_module(f"hfport.converters.{provenance['family']}")
+    converted = ConvertedFolder.open(folder)
+    folder, family = converted.path, converted.family
+    provenance = converted.provenance
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    handles = [safe_open(str(p), framework="pt") for p in sorted(folder.glob("*.safetensors"))]
+    handles = [safe_open(str(p), framework="pt") for p in converted.weight_files]
     if not handles:
         raise HfportError(f"{folder}: no safetensors weights found")
     where = {key: handle for handle in handles for key in handle.keys()}
-    mapping = Mapping.load(family.MAPPING)
+    mapping = Mapping.load(family.mapping)
     flags = family.export_flags(config)
     plan = mapping.plan({k: tuple(h.get_slice(k).get_shape()) for k, h in where.items()}, None, flags,
-                        direction="backward", source_name=folder.name, regenerators=family.REGENERATED)
+                        direction="backward", source_name=folder.name, regenerators=family.regenerated)
     state = dict(Mapping.run(plan, lambda k: where[k].get_tensor(k), folder.name, family.regenerator(config)))
     checkpoint = family.original_checkpoint(config, state, provenance)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hfport import __version__
 from hfport.errors import HfportError, HubError, VerificationFailed
+from hfport.family import ConvertedFolder
 from hfport.push.model_card import VerificationStatus, build_model_card
 
 REPORT_NAME = "verification.json"
@@ -144,8 +145,8 @@ def plan_push(folder: str | Path, repo_id: str, *, report_path: str | Path | Non
     if missing:
         raise HfportError(f"{folder}: not a folder written by `hfport convert` (no {' or '.join(missing)})",
                           hint="convert the checkpoint first: hfport convert CHECKPOINT FOLDER")
-    provenance = _read_json(folder / PROVENANCE_NAME, "provenance record")
-    config = _read_json(folder / "config.json", "model config")
+    converted = ConvertedFolder.open(folder)  # one-line errors for unreadable files and unknown families
+    provenance, config = converted.provenance, converted.config
     status, report, used_report = read_verification(folder, Path(report_path) if report_path else None,
                                                    provenance.get("family"), allow_unverified)
 

@@ -20,9 +20,20 @@ GENERATION_DEFAULTS = dict(max_len_a=0, normalize_scores=True, len_penalty=1.0, 
 
 
 def load(checkpoint: str, data_dir: str):
+    import argparse
+
     from fairseq import checkpoint_utils
 
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})
+    overrides = {"data": data_dir}
+    extra = os.path.join(data_dir, "task_overrides.json")  # e.g. the language pair a data folder cannot tell
+    if os.path.isfile(extra):
+        import json
+
+        with open(extra) as f:
+            overrides.update(json.load(f))
+    # fairseq 0.12 calls torch.load without weights_only; torch >= 2.6 then allows only allowlisted globals
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     return models[0].float().eval(), task, cfg
 
 
@@ -118,4 +129,41 @@ def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: 
         "dict_size": {"source": len(task.source_dictionary), "target": len(task.target_dictionary)},
         "outputs_computed_with": "checkpoint_utils.load_model_ensemble_and_task(...)[0].float().eval(), fp32, no_grad",
     }
+    return golden
+
+
+# -- the recorder's entry points (hfport.family.BUILTIN_FAMILIES names this module) ------------------------------
+
+TRANSLATION_ARCHS = ("transformer", "transformer_iwslt_de_en", "transformer_wmt_en_de", "transformer_vaswani_wmt_en_de_big",
+                     "transformer_vaswani_wmt_en_fr_big", "transformer_wmt_en_de_big", "transformer_wmt_en_de_big_t2t",
+                     "transformer_tiny")
+
+
+def _arch(peeked: Any) -> Any:
+    if not isinstance(peeked, dict):
+        return None
+    cfg = peeked.get("cfg")
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if isinstance(model, dict):
+        return model.get("arch") or model.get("_name")
+    return None  # a Namespace is opaque to the peek: pass --family
+
+
+def looks_like(checkpoint: str) -> bool:
+    from hfport.read.peek import peek_checkpoint
+
+    return _arch(peek_checkpoint(checkpoint)) in TRANSLATION_ARCHS
+
+
+def record_golden(checkpoint: str, data_dir: str, sets=None, options=None) -> Dict[str, Any]:
+    """The recorder's entry point: `data_dir` (--reference-code) is the task's data folder (dict.*.txt,
+    probes.txt, one source sentence a line)."""
+    from hfport.read.torch_file import file_sha256
+    from hfport.verify.record import RECORDER, _versions
+
+    if sets is not None:
+        raise ValueError("fairseq translation goldens are recorded on the sentences of probes.txt, not --inputs")
+    golden = record_translation(checkpoint, data_dir)
+    golden["meta"].update(recorder=RECORDER, checkpoint_sha256=file_sha256(checkpoint), versions=_versions(["fairseq"]),
+                          torch_num_threads=torch.get_num_threads())
     return golden

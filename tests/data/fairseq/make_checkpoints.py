@@ -23,8 +23,9 @@ sys.path.insert(0, HERE)
 from corpus import write_corpus  # noqa: E402
 
 # numpy 2 dropped np.compat.long, which fairseq 0.12's data pipeline still names
-SHIM = "import numpy, numpy.compat; numpy.compat.long = int; import runpy, sys; sys.argv = sys.argv[1:]; " \
-       "runpy.run_module(sys.argv[0], run_name='__main__')"
+COMPAT = "import sys, types, numpy; c = types.ModuleType('numpy.compat'); c.long = int; " \
+         "sys.modules['numpy.compat'] = c; numpy.compat = c\n"
+SHIM = COMPAT + "import runpy; sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
 
 # the recorder without installing hfport here: its two package folders registered by path (as verify/reference.py)
 RECORD = """
@@ -36,11 +37,10 @@ def _package(name, path):
     spec.loader.exec_module(module)
 _package("hfport", {hfport!r})
 _package("hfport.verify", {verify!r})
-import numpy, numpy.compat
-numpy.compat.long = int
 from hfport.verify.record import main
 sys.exit(main(sys.argv[1:]))
 """.format(hfport=os.path.join(REPO, "hfport"), verify=os.path.join(REPO, "verify"))
+
 
 TINY = ["--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-layers", "2",
         "--encoder-attention-heads", "4", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
@@ -75,6 +75,12 @@ def run(cmd, env=None):
     subprocess.run(cmd, check=True, env=env)
 
 
+def record(name, python):
+    out = os.path.join(HERE, name)
+    run([python, "-c", COMPAT + RECORD, os.path.join(out, "checkpoint.pt"), "--family", "fairseq_translation",
+         "--reference-code", out, "--out", os.path.join(out, "golden.pt"), "--threads", "1"])
+
+
 def make_case(name, spec, python, scratch):
     work = os.path.join(scratch, name)
     os.makedirs(work, exist_ok=True)
@@ -96,10 +102,11 @@ def make_case(name, spec, python, scratch):
     strip_optimizer(full, os.path.join(out, "checkpoint.pt"))
     for lang in ("de", "en"):
         shutil.copy(os.path.join(data_bin, "dict.{}.txt".format(lang)), os.path.join(out, "dict.{}.txt".format(lang)))
+    with open(os.path.join(out, "task_overrides.json"), "w") as f:
+        json.dump({"source_lang": "de", "target_lang": "en"}, f)
     with open(os.path.join(out, "probes.txt"), "w") as f:
         f.writelines(s + "\n" for s in PROBE_SENTENCES)
-    run([python, "-c", RECORD, os.path.join(out, "checkpoint.pt"), "--family", "fairseq",
-         "--reference-code", out, "--out", os.path.join(out, "golden.pt"), "--threads", "1"])
+    record(name, python)
     meta = {"arch": spec["arch"], "updates": spec["updates"], "flags": spec["flags"], "joined": spec["joined"],
             "tiny": TINY, "train": TRAIN}
     with open(os.path.join(out, "meta.json"), "w") as f:
@@ -120,6 +127,10 @@ def main(argv):
         import fairseq  # noqa: F401
     except ImportError:
         print("skipped: fairseq is not importable in {}".format(sys.executable))
+        return 0
+    if argv[:1] == ["--record-only"]:  # goldens again from the committed checkpoints
+        for name in argv[1:] or list(CASES):
+            record(name, sys.executable)
         return 0
     names = argv or list(CASES)
     scratch = tempfile.mkdtemp(prefix="hfport-fairseq-")
