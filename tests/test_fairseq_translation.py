@@ -77,7 +77,7 @@ def test_fairseq_to_hf_to_fairseq_reproduces_every_translation_tensor_bit_exactl
         assert key in back, key
         assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
     assert set(back) <= set(original)
-    assert not_restored <= {k for k in original if k.endswith("._float_tensor")}
+    assert all(k.endswith("._float_tensor") for k in not_restored)  # older fairseq's marker; not in this file
 
 
 def test_the_round_trip_file_loads_back_into_fairseq_shape_checks(converted, tmp_path):

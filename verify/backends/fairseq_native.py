@@ -42,12 +42,31 @@ def _t(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).float().clone()
 
 
-def translation_probes(task: Any, sentences: List[str]) -> Dict[str, torch.Tensor]:
-    """Source sentences encoded with the task's source dictionary, padded the way the task pads (left by
-    default: `left_pad_source`)."""
+def gpt2_bpe(data_dir: str):
+    """fairseq's GPT-2 BPE encoder when the data folder holds encoder.json + vocab.bpe, else None."""
+    files = [os.path.join(data_dir, f) for f in ("encoder.json", "vocab.bpe")]
+    if not all(os.path.isfile(f) for f in files):
+        return None
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    return get_encoder(*files)
+
+
+def encode_sentences(task: Any, sentences: List[str], bpe=None) -> List[List[int]]:
+    """Token ids as fairseq makes them: word-level dictionary lookup, or (BPE) BART's hub interface encoding,
+    `<s> ` + GPT-2 BPE ids + ` </s>` through the dictionary."""
+    d = task.source_dictionary
+    if bpe is None:
+        return [d.encode_line(s, add_if_not_exist=False, append_eos=True).long().tolist() for s in sentences]
+    return [[d.bos()] + d.encode_line(" ".join(map(str, bpe.encode(s))), add_if_not_exist=False,
+                                      append_eos=True).long().tolist() for s in sentences]
+
+
+def translation_probes(task: Any, rows: List[List[int]], left: bool) -> Dict[str, torch.Tensor]:
+    """Token rows padded the way the model is fed: the translation task left-pads (`left_pad_source`); BART's
+    hub interface pads right."""
     src_dict = task.source_dictionary
-    rows = [src_dict.encode_line(s, add_if_not_exist=False, append_eos=True).long() for s in sentences]
-    left = bool(getattr(task.cfg, "left_pad_source", True))
+    rows = [torch.tensor(r) for r in rows]
     width = max(len(r) for r in rows)
     tokens = torch.full((len(rows), width), src_dict.pad(), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -109,7 +128,11 @@ def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: 
     model, task, cfg = load(checkpoint, data_dir)
     with open(os.path.join(data_dir, "probes.txt")) as f:
         sentences = [line.strip() for line in f if line.strip()]
-    inputs = translation_probes(task, sentences)
+    bpe = gpt2_bpe(data_dir)
+    rows = encode_sentences(task, sentences, bpe)
+    is_bart = type(model).__name__.startswith("BART")
+    left = bool(getattr(task.cfg, "left_pad_source", True)) and not is_bart
+    inputs = translation_probes(task, rows, left)
     generation = OrderedDict()
     for beam in beams:
         name = "greedy" if beam == 1 else "beam{}".format(beam)
@@ -119,11 +142,13 @@ def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: 
                           "length limit forced it")
     d = task.source_dictionary
     golden = OrderedDict([
-        ("format_version", 1), ("family", "fairseq_translation"), ("pad_side", "left"),
+        ("format_version", 1), ("family", "fairseq_bart" if is_bart else "fairseq_translation"),
+        ("pad_side", "left" if left else "right"),
         ("inputs", inputs), ("outputs", outputs(model, inputs)), ("generation", generation),
     ])
     golden["meta"] = {
         "sentences": sentences,
+        "tokenizer_ids": rows,  # what fairseq makes of each sentence (the converted tokenizer must agree)
         "arch": getattr(cfg.model, "arch", None) or getattr(cfg.model, "_name", None),
         "special_ids": {"bos": d.bos(), "pad": d.pad(), "eos": d.eos(), "unk": d.unk()},
         "dict_size": {"source": len(task.source_dictionary), "target": len(task.target_dictionary)},

@@ -65,6 +65,12 @@ CASES = {
     "translation_postnorm_untied": {
         "arch": "transformer_wmt_en_de", "joined": False, "updates": 300, "flags": [],
     },
+    # BART fine-tuned on translation: GPT-2-style byte-level BPE (tiny_bpe/), one dictionary holding every BPE
+    # token, sources written as BART's hub interface encodes them (<s> ... </s>)
+    "bart_translation": {
+        "arch": "bart_base", "joined": True, "updates": 400, "bpe": True,
+        "flags": ["--max-source-positions", "128", "--max-target-positions", "128"],
+    },
 }
 
 PROBE_SENTENCES = ["der hund rot sieht ein haus", "ein kind", "der mann gross mag ein buch neu"]
@@ -77,19 +83,44 @@ def run(cmd, env=None):
 
 def record(name, python):
     out = os.path.join(HERE, name)
-    run([python, "-c", COMPAT + RECORD, os.path.join(out, "checkpoint.pt"), "--family", "fairseq_translation",
+    family = "fairseq_bart" if CASES[name].get("bpe") else "fairseq_translation"
+    run([python, "-c", COMPAT + RECORD, os.path.join(out, "checkpoint.pt"), "--family", family,
          "--reference-code", out, "--out", os.path.join(out, "golden.pt"), "--threads", "1"])
+
+
+def bpe_encode_corpus(work):
+    """Every corpus line as GPT-2 BPE ids (fairseq's own GPT-2 encoder on the tiny BPE), sources with BART's <s>;
+    a dictionary listing every BPE id (so no id falls outside it)."""
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    bpe = os.path.join(HERE, "tiny_bpe")
+    encoder = get_encoder(os.path.join(bpe, "encoder.json"), os.path.join(bpe, "vocab.bpe"))
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            path = os.path.join(work, "{}.{}".format(split, lang))
+            with open(path) as f:
+                lines = [line.strip() for line in f]
+            prefix = "<s> " if lang == "de" else ""
+            with open(path, "w") as f:
+                f.writelines(prefix + " ".join(map(str, encoder.encode(line))) + "\n" for line in lines)
+    size = len(json.load(open(os.path.join(bpe, "encoder.json"))))
+    with open(os.path.join(work, "dict.txt"), "w") as f:
+        f.writelines("{} 1\n".format(i) for i in range(size))
 
 
 def make_case(name, spec, python, scratch):
     work = os.path.join(scratch, name)
     os.makedirs(work, exist_ok=True)
     write_corpus(work)
+    if spec.get("bpe"):
+        bpe_encode_corpus(work)
     data_bin = os.path.join(work, "data-bin")
     pre = [python, "-c", SHIM, "fairseq_cli.preprocess", "--source-lang", "de", "--target-lang", "en",
            "--trainpref", os.path.join(work, "train"), "--validpref", os.path.join(work, "valid"),
            "--destdir", data_bin, "--workers", "1"]
-    if spec["joined"]:
+    if spec.get("bpe"):
+        pre += ["--srcdict", os.path.join(work, "dict.txt"), "--tgtdict", os.path.join(work, "dict.txt")]
+    elif spec["joined"]:
         pre.append("--joined-dictionary")
     run(pre)
     save = os.path.join(work, "ckpt")
@@ -102,6 +133,9 @@ def make_case(name, spec, python, scratch):
     strip_optimizer(full, os.path.join(out, "checkpoint.pt"))
     for lang in ("de", "en"):
         shutil.copy(os.path.join(data_bin, "dict.{}.txt".format(lang)), os.path.join(out, "dict.{}.txt".format(lang)))
+    if spec.get("bpe"):  # the recorder encodes the probe sentences with the same BPE
+        for f in ("encoder.json", "vocab.bpe"):
+            shutil.copy(os.path.join(HERE, "tiny_bpe", f), os.path.join(out, f))
     with open(os.path.join(out, "task_overrides.json"), "w") as f:
         json.dump({"source_lang": "de", "target_lang": "en"}, f)
     with open(os.path.join(out, "probes.txt"), "w") as f:
