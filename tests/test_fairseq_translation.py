@@ -162,3 +162,27 @@ def test_a_tied_decoder_whose_tensors_differ_is_refused(tmp_path):
     with pytest.raises(HfportError, match="should equal"):
         convert_checkpoint(tmp_path / "broken.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_fairseq_0_12_2_fast_path_copies_are_dropped_with_their_reason_and_change_nothing(converted, tmp_path):
+    """fairseq 0.12.2 saves per-layer in_proj_* / out_proj_* / fc*_ fast-path Parameters (zeros after fresh training,
+    transformers #19260); fairseq refills them from the regular weights on load, so they must not be mapped."""
+    checkpoint = _load(DATA / "translation_postnorm_untied" / "checkpoint.pt")
+    state = checkpoint["model"]
+    for i in (0, 1):
+        p = f"encoder.layers.{i}."
+        state[p + "in_proj_weight"] = torch.zeros(96, 32)
+        state[p + "in_proj_bias"] = torch.zeros(96)
+        for name in ("out_proj", "fc1", "fc2"):
+            source = p + ("self_attn." if name == "out_proj" else "") + name
+            state[p + name + "_weight"] = torch.zeros_like(state[source + ".weight"])
+            state[p + name + "_bias"] = torch.zeros_like(state[source + ".bias"])
+    torch.save(checkpoint, tmp_path / "fairseq_0_12_2.pt")
+    folder = convert_checkpoint(tmp_path / "fairseq_0_12_2.pt", tmp_path / "out")
+    dropped = json.loads((folder / "hfport.json").read_text())["dropped"]
+    assert "fast-path copy" in dropped["encoder.layers.1.in_proj_weight"]
+    assert len([k for k in dropped if "_proj_" in k or "fc1_" in k or "fc2_" in k]) == 16
+    from safetensors.torch import load_file
+
+    plain = load_file(converted("translation_postnorm_untied") / "model.safetensors")
+    assert all(torch.equal(t, plain[k]) for k, t in load_file(folder / "model.safetensors").items())

@@ -87,6 +87,8 @@ def teacher_forcing_inputs(task: Any, hypotheses: List[List[int]]) -> torch.Tens
 
 
 def outputs(model: Any, inputs: Dict[str, torch.Tensor]) -> "OrderedDict[str, Any]":
+    if hasattr(model, "set_beam_size"):  # a SequenceGenerator run leaves its beam size in the attention modules
+        model.set_beam_size(1)
     with torch.no_grad():
         enc = model.encoder(inputs["src_tokens"], src_lengths=inputs["src_lengths"], return_all_hiddens=True)
         logits, extra = model.decoder(inputs["prev_output_tokens"], encoder_out=enc, return_all_hiddens=True)
