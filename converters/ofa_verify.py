@@ -11,7 +11,7 @@ import torch
 from hfport.errors import CheckpointError
 from hfport.verify.compare import compare_tensors
 from hfport.verify.golden import Generation, Golden, add_to_trace
-from hfport.verify.probes import PROBE_SEED, _first, _preprocessor_size, ofa_inputs_from_tokens, ofa_probes
+from hfport.verify.probes import PROBE_SEED, _first, ofa_inputs_from_tokens, ofa_probes
 
 OFA_ENCODER_ORDER = ("encoder_position_embeddings", "encoder_hidden_states", "encoder_out", "encoder_padding_mask")
 OFA_DECODER_ORDER = ("decoder_inner_states", "decoder_features", "logits")
@@ -28,6 +28,18 @@ TRACE_NAMES = {
 
 # -- probes and user inputs ------------------------------------------------------------------------------------
 
+def _preprocessor_size(folder) -> int | None:
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        cfg = folder.read_json(name)
+        cfg = cfg.get("image_processor", cfg)
+        size = cfg.get("size") or cfg.get("crop_size")
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge")
+        if isinstance(size, int):
+            return size
+    return None
+
+
 def folder_probes(folder, seed: int = PROBE_SEED) -> "OrderedDict[str, dict[str, torch.Tensor]]":
     """OFA probes shaped for the converted folder (a ConvertedFolder), from config.json + hfport.json + processor."""
     config = folder.config
@@ -37,7 +49,7 @@ def folder_probes(folder, seed: int = PROBE_SEED) -> "OrderedDict[str, dict[str,
     merged.update(hyper.get("model") or {})
     merged.update(hyper.get("task") or {})
     hyper = merged
-    size = _first(_preprocessor_size(str(folder.path)), config.get("patch_image_size"), hyper.get("patch_image_size"), 480)
+    size = _first(_preprocessor_size(folder), config.get("patch_image_size"), hyper.get("patch_image_size"), 480)
     vocab = int(config.get("vocab_size", 59457))
     code = int(_first(hyper.get("code_dict_size"), 8192))
     bins = int(_first(hyper.get("num_bins"), 1000))

@@ -5,8 +5,8 @@ inspect, export, verify, record, push, run — look the family up and call it; t
 
 Adding a family
 ---------------
-1. Write ``converters/<name>_family.py`` with a class implementing `Family` and, at the bottom,
-   ``register_family(MyFamily())``. Its pieces (config derivation, trace functions, ...) may live in modules next
+1. Write ``converters/<name>_family.py`` with a class implementing `Family` (`BaseFamily` supplies defaults for
+   the optional parts) and, at the bottom, ``register_family(MyFamily())``. Its pieces (config derivation, trace functions, ...) may live in modules next
    to it; the family object is the only thing stages see.
 2. Add ``mappings/<name>.toml`` (the key mapping, data only) and, if stock transformers has no class for it, the
    model code under ``hfport/models/<name>/``.
@@ -26,9 +26,10 @@ What a family provides (see `Family` for signatures)
   ``trace(model, inputs)`` / ``generate(model, inputs, ...)`` (the converted side),
   ``reads_golden(data)`` / ``golden_from_dict(data, path, sha256)``, ``describe_trace(base, layer)`` (localisation);
 - recording: ``recorder`` — a module that runs in the ORIGINAL's environment (torch + the original code only,
-  Python >= 3.8, no transformers/click) with ``looks_like(checkpoint_path) -> bool`` and
-  ``record(checkpoint, reference_code, sets, options) -> golden dict``; `BUILTIN_FAMILIES` names it so the
-  recorder can find it without importing the family module;
+  Python >= 3.8, no transformers/click) with ``looks_like(checkpoint_path) -> bool`` (reads the file's structure
+  with `hfport.read.peek`, never by file suffix) and ``record_golden(checkpoint, reference_code, sets, options)
+  -> golden dict`` (options: bpe_dir, text_config, vit, ...); `BUILTIN_FAMILIES` names it so the recorder finds it
+  without importing the family module. A golden file with a top-level ``family`` key goes straight to that family;
 - publishing: ``card`` (name, paper, code, license), ``hub_tags``, ``base_models``, ``pipeline_tag(task,
   model_class)``, ``auto_classes`` (Auto class of a stock transformers model class, when config.json has no
   auto_map), ``processor_hint`` (the convert option that puts a processor into a folder);
@@ -37,8 +38,8 @@ What a family provides (see `Family` for signatures)
 `ConvertedFolder` opens a converted folder once (hfport.json, config.json, family, model class, Auto class,
 stored dtypes from the safetensors headers) and is what verify, push, run and export receive.
 
-This module is imported by the recorder inside the original's environment: it needs only the standard library at
-import time and keeps to Python 3.8 syntax at runtime.
+This module is imported by the recorder inside the original's environment: it needs only the standard library and
+`hfport.errors` at import time and keeps to Python 3.8 syntax at runtime.
 """
 
 from __future__ import annotations

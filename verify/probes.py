@@ -4,8 +4,6 @@ This module also runs inside the original models' legacy environments (the recor
 and keeps to Python 3.8 syntax.
 """
 
-import json
-import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -127,29 +125,10 @@ def parse_tokens(text: str) -> List[int]:
 
 # ---- shaping probes for a converted folder (harness side; the families hold the details) ----
 
-def _read_json(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def _first(*values: Any) -> Any:
     for v in values:
         if v is not None:
             return v
-    return None
-
-
-def _preprocessor_size(folder: str) -> Optional[int]:
-    for name in ("preprocessor_config.json", "processor_config.json"):
-        cfg = _read_json(os.path.join(folder, name))
-        cfg = cfg.get("image_processor", cfg)
-        size = cfg.get("size") or cfg.get("crop_size")
-        if isinstance(size, dict):
-            size = size.get("height") or size.get("shortest_edge")
-        if isinstance(size, int):
-            return size
     return None
 
 
