@@ -188,6 +188,9 @@ def describe(checkpoint: dict) -> dict:
         "family": "fairseq BART",
         "arch": model_arguments(checkpoint).get("arch"),
         "structure": derive_structure(state),
+        "stated": {k: v for k, v in model_arguments(checkpoint).items()
+                   if k in ("share_all_embeddings", "share_decoder_input_output_embed", "layernorm_embedding",
+                            "no_scale_embedding", "activation_fn", "encoder_learned_pos")},
         "task": {k: v for k, v in task_arguments(checkpoint).items() if k in ("_name", "source_lang", "target_lang")},
         "weights": state,
         "baggage": {k: checkpoint[k] for k in ("last_optimizer_state", "optimizer_history", "extra_state", "criterion")

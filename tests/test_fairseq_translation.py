@@ -186,3 +186,12 @@ def test_fairseq_0_12_2_fast_path_copies_are_dropped_with_their_reason_and_chang
 
     plain = load_file(converted("translation_postnorm_untied") / "model.safetensors")
     assert all(torch.equal(t, plain[k]) for k, t in load_file(folder / "model.safetensors").items())
+
+
+@pytest.mark.parametrize("case, title", [("translation_postnorm_tied", "fairseq translation transformer"),
+                                         ("bart_translation", "fairseq BART")])
+def test_inspect_names_fairseqs_own_family_and_arch(case, title, tmp_path):
+    result = run_cli(["inspect", DATA / case / "checkpoint.pt"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert title in result.stdout
+    assert json.loads((DATA / case / "meta.json").read_text())["arch"] in result.stdout
