@@ -88,12 +88,6 @@ def check_tensors(state: Any, path: Path) -> None:
                 "of storage; refusing to expand it")
 
 
-def target_dtypes(model_class: type, config) -> dict[str, torch.dtype]:
-    with torch.device("meta"):
-        model = model_class(config)
-    return {k: v.dtype for k, v in model.state_dict().items()}
-
-
 def check_dtypes(plan, state: dict, expected: dict[str, torch.dtype], source_name: str) -> None:
     """Floating-point parameters come from floating-point tensors (no int/bool/complex weights)."""
     from hfport.mappings.templates import collapse_keys
@@ -135,11 +129,26 @@ def prepare_family(family, checkpoint: dict, source: Path, **options) -> "Prepar
                           f"({type(err).__name__}: {str(err)[:200]})") from None
 
 
-def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
-    """Every parameter and persistent buffer the HF model expects, built on the meta device (no memory)."""
+@dataclass
+class TargetInventory:
+    """What the HF model expects, from one build on the meta device (no memory): every parameter and persistent
+    buffer's shape and dtype, and the ties the model declares itself (target -> owner), which loading restores."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    ties: dict[str, str]
+
+
+def target_inventory(model_class: type, config) -> TargetInventory:
     with torch.device("meta"):
         model = model_class(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    return TargetInventory({k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
+                           dict(getattr(model, "all_tied_weights_keys", None) or {}))
+
+
+def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
+    return target_inventory(model_class, config).shapes
 
 
 def convert_checkpoint(
@@ -170,18 +179,26 @@ def convert_checkpoint(
     source_sha256 = file_sha256(source)  # also checks every archive member's CRC-32, in the same pass
     prepared: Prepared = prepare_family(family, checkpoint, source, **options)
     mapping = Mapping.load(family.mapping)
-    expected = target_shapes(prepared.model_class, prepared.config)
+    target = target_inventory(prepared.model_class, prepared.config)
+    expected = target.shapes
     shapes = {k: tuple(v.shape) for k, v in prepared.state_dict.items()}
-    plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name)
-    check_dtypes(plan, prepared.state_dict, target_dtypes(prepared.model_class, prepared.config), source.name)
+    plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name, implied_ties=target.ties)
+    check_dtypes(plan, prepared.state_dict, target.dtypes, source.name)
+    generate = family.generator(prepared.config) if hasattr(family, "generator") else None
 
     out_dtype = DTYPES[dtype] if dtype else prepared.source_dtype
     prepared.config.dtype = str(out_dtype).removeprefix("torch.")
     nonfinite: dict[str, tuple[int, int]] = {}
     with staged_output(output, force, protect=source, existing=existing) as staging:
         writer = ShardedSafetensorsWriter(staging, max_shard_size)
+        seen_storages: set[int] = set()
         total = len(plan.output_keys)
-        for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name), 1):
+        for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name, generate), 1):
+            if tuple(tensor.shape) != expected[key]:
+                raise MappingError(f"shape mismatch: {key} {list(tensor.shape)}, the model expects {list(expected[key])}")
+            if tensor.untyped_storage().data_ptr() in seen_storages:  # a source alias the target keeps apart
+                tensor = tensor.clone()
+            seen_storages.add(tensor.untyped_storage().data_ptr())
             if tensor.is_floating_point() and tensor.dtype != out_dtype:
                 tensor = tensor.to(out_dtype)
             if (counts := _nonfinite(tensor)) is not None:  # after the cast: fp16 overflow counts too
@@ -220,6 +237,7 @@ def convert_checkpoint(
             "hyper_parameters": _jsonable(prepared.hyper_parameters),
             "dropped": {**plan.dropped},
             "tied": plan.tied,
+            "generated": {k: "computed by hfport (the source recomputes it at load time)" for k in plan.generated},
             "notes": prepared.notes,
             "files": sorted(written + extras),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -61,6 +61,9 @@ except ImportError:  # pragma: no cover
 
 # The built-in families, the one place they are listed: name -> (module that registers it, recorder module).
 BUILTIN_FAMILIES: Dict[str, Tuple[str, Optional[str]]] = {
+    # fairseq's own archs first: OFA's test accepts any fairseq file, this one only the transformer archs
+    "fairseq_translation": ("hfport.converters.fairseq_translation_family", "hfport.verify.backends.fairseq_native"),
+    "fairseq_bart": ("hfport.converters.fairseq_bart_family", "hfport.verify.backends.fairseq_native"),
     "ofa": ("hfport.converters.ofa_family", "hfport.verify.backends.fairseq_ofa"),
     "meter": ("hfport.converters.meter_family", "hfport.verify.backends.meter_live"),
 }

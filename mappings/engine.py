@@ -9,6 +9,9 @@ Rule kinds (``mappings/<family>.toml`` tables), one class each that knows both d
                          caller supplies a generator for it, otherwise reported as not restored
 - ``tie``    (`Tie`)     a source key that must equal another source key (shared embeddings): checked bit-exactly
                          and consumed; its target is derived by weight tying. Backwards it is written as a copy.
+- ``generate`` (`Generate`) a target key with no source: the target stores what the original recomputes at load
+                         time (a sinusoidal table, a zero bias), computed by the converter's named ``generator``;
+                         backwards it is consumed and not written (the original recomputes it)
 
 Any rule may carry ``when = "flag"`` / ``when = "!flag"``: it applies only if the converter's flag says so
 (``when = "keep_{head}"`` names the flag through the matched key's placeholders).
@@ -251,9 +254,35 @@ class Derive(Drop):
     kind: ClassVar[str] = "derive"
 
 
+@dataclass(frozen=True)
+class Generate(Rule):
+    """A target key no source tensor feeds: the converter's generator named ``generator`` computes it (forwards);
+    backwards the key is consumed with the reason, the original recomputes it."""
+
+    generator: str = ""
+    kind: ClassVar[str] = "generate"
+
+    def matching(self, forward):
+        return () if forward else self.target
+
+    def backward(self, draft, key, template, values):
+        draft.dropped[key] = self.reason
+
+    def finish_forward(self, draft):
+        for values in _enumerate_values(self.target[0]):
+            draft.steps.append(Step("generate", [self.generator], [self.target[0].render(values)]))
+
+    @classmethod
+    def from_toml(cls, entry, path):
+        if not entry.get("reason") or not entry.get("generator"):
+            raise MappingError(f"{path}: every generate rule needs a generator and a reason ({entry})")
+        return cls((), _templates(entry["target"]), entry["reason"], entry.get("when"), generator=entry["generator"])
+
+
 # The TOML tables, in precedence order: a key goes to the first rule that matches it, kinds in this order and
 # rules of one kind in file order.
-RULE_KINDS: dict[str, type[Rule]] = {"tie": Tie, "drop": Drop, "derive": Derive, "split": Split, "rename": Rename}
+RULE_KINDS: dict[str, type[Rule]] = {"tie": Tie, "drop": Drop, "derive": Derive, "generate": Generate, "split": Split,
+                                     "rename": Rename}
 KIND_ORDER = tuple(RULE_KINDS)
 
 
@@ -261,7 +290,7 @@ KIND_ORDER = tuple(RULE_KINDS)
 class Step:
     """One output tensor (or several for a split) computed from input keys."""
 
-    op: str  # "copy" | "split" | "concat" | "check"
+    op: str  # "copy" | "split" | "concat" | "check" | "generate" (inputs = [generator name])
     inputs: list[str]
     outputs: list[str]
     dim: int = 0
@@ -298,6 +327,10 @@ class Plan:
     @property
     def output_keys(self) -> list[str]:
         return [k for s in self.steps if s.op != "check" for k in s.outputs]
+
+    @property
+    def generated(self) -> list[str]:
+        return [k for s in self.steps if s.op == "generate" for k in s.outputs]
 
 
 class Mapping:
@@ -339,6 +372,7 @@ class Mapping:
         source_name: str = "source",
         regenerators: Collection[str] = (),
         dropped_at_conversion: MappingType[str, str] | None = None,
+        implied_ties: MappingType[str, str] | None = None,
     ) -> Plan:
         """Resolve every input key to a rule and check the result against the expected outputs.
 
@@ -347,6 +381,8 @@ class Mapping:
         ``dropped_at_conversion`` (backwards): the source keys the forward run dropped, with their reasons (the
         converted folder's record); the keys that cannot come back, and those regenerated, are exactly these.
         Without it they are guessed from the drop/derive templates (only those naming fixed keys).
+        ``implied_ties`` (target -> owner): ties the target model declares itself (transformers'
+        ``_tied_weights_keys``); such a target need not be produced when its owner is.
         """
         if direction not in ("forward", "backward"):
             raise ValueError(direction)
@@ -388,6 +424,10 @@ class Mapping:
             else:
                 draft.not_restored[key] = reason
 
+        produced = {k for s in draft.steps if s.op != "check" for k in s.outputs}
+        for alias, owner in (implied_ties or {}).items():
+            if alias not in produced and alias not in draft.tied and (owner in produced or owner in draft.tied):
+                draft.tied[alias] = draft.tied.get(owner, owner)
         self._check_outputs(draft.steps, draft.tied, expected_outputs, source_name, forward)
         return Plan(direction, draft.steps, draft.dropped, draft.tied, draft.not_restored, draft.regenerated)
 
@@ -456,6 +496,10 @@ class Mapping:
                 yield from zip(step.outputs, pieces)
             elif step.op == "concat":
                 yield step.outputs[0], torch.cat([get(k) for k in step.inputs], dim=step.dim)
+            elif step.op == "generate":
+                if regenerate is None:
+                    raise MappingError(f"{source_name}: {step.outputs[0]} needs the generator {step.inputs[0]!r}")
+                yield step.outputs[0], regenerate(step.inputs[0], step.outputs[0])
 
 
 def _templates(value) -> tuple[Template, ...]:

@@ -120,7 +120,7 @@ def run_verification(family: Any, golden: Golden, converted: Backend, tolerance:
         outputs += compare_set(family, set_name, inputs, golden.traces[set_name], trace, golden,
                                tolerance["atol"], tolerance["rtol"], tolerance.get("scale_rtol", 0.0))
     generation = compare_generations(golden, converted, check_beam) if family.checks_generation else []
-    divergence = first_divergence(outputs, golden.order, variant)
+    divergence = first_divergence(outputs, golden.order, variant, family)
     if divergence is None and any(not r["passed"] for r in outputs):  # names outside the known order
         divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None,
                             "converted_module": None}

@@ -15,38 +15,39 @@ from typing import Any
 _PASS_SUFFIX = re.compile(r"^(?P<base>[a-z0-9_]+?)_(?P<pass>\d)$")
 
 
-def _family_modules(base: str, layer: int | None, variant: str | None):
-    """(what, original modules, converted modules or None = same) from the first family that knows the name."""
+def _family_modules(base: str, layer: int | None, variant: str | None, family=None):
+    """(what, original modules, converted modules or None = same): from the folder's family when it is known
+    (families share trace names but not module names), else from the first family that knows the name."""
     from hfport.family import families
 
-    for family in families():
-        found = family.describe_trace(base, layer, variant)
+    for candidate in [family] if family is not None else families():
+        found = candidate.describe_trace(base, layer, variant)
         if found is not None:
             return found
     return None
 
 
-def _split(name: str) -> tuple[str, int | None, str | None]:
+def _split(name: str, family=None) -> tuple[str, int | None, str | None]:
     """'fusion_image_layers_1.3' -> ('fusion_image_layers', 3, '1')."""
     base, _, index = name.partition(".")
     layer = int(index) if index.isdigit() else None
     pass_id = None
-    if _family_modules(base, None, None) is None and not base.endswith(("_layers", "_states")):
+    if _family_modules(base, None, None, family) is None and not base.endswith(("_layers", "_states")):
         m = _PASS_SUFFIX.match(base)
         if m:
             base, pass_id = m.group("base"), m.group("pass")
     return base, layer, pass_id
 
 
-def describe(name: str, variant: str | None = None) -> dict[str, Any]:
+def describe(name: str, variant: str | None = None, family=None) -> dict[str, Any]:
     """What a trace entry is and which module computed it.
 
     `module`: the module(s) in the original checkpoint's parameter names (comma-separated when several make one
     step, None when no module of its own does); `converted_module`: the same in the converted folder;
     `what`: what the entry is, in words; `layer`: one line for people, leading with the module name.
     """
-    base, layer, pass_id = _split(name)
-    found = _family_modules(base, layer, variant)
+    base, layer, pass_id = _split(name, family)
+    found = _family_modules(base, layer, variant, family)
     if found is None:
         return {"layer": name, "what": name, "module": None, "converted_module": None}
     what, original, converted = found
@@ -67,7 +68,8 @@ def human_name(name: str, variant: str | None = None) -> str:
     return describe(name, variant)["layer"]
 
 
-def first_divergence(results: list[dict[str, Any]], order: list[str], variant: str | None = None) -> dict[str, Any] | None:
+def first_divergence(results: list[dict[str, Any]], order: list[str], variant: str | None = None,
+                     family=None) -> dict[str, Any] | None:
     """The earliest entry of `order` (computation order) that failed, per input set in the order sets appear."""
     sets: list[str] = []
     for r in results:
@@ -82,7 +84,7 @@ def first_divergence(results: list[dict[str, Any]], order: list[str], variant: s
         return {
             "name": first["name"],
             "set": set_name,
-            **describe(first["name"], variant),
+            **describe(first["name"], variant, family),
             "max_abs": first.get("max_abs"),
             "atol": first.get("atol"),
             "error": first.get("error"),

@@ -19,16 +19,21 @@ from hfport.converters.pipeline import convert_checkpoint
 @click.option("--trust-pickle", is_flag=True, help="Allow arbitrary pickled objects (only for files you trust).")
 @click.option("--allow-nonfinite", is_flag=True, help="Convert weights that hold NaN or inf (refused by default).")
 @click.option("--bpe-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="OFA: the utils/BPE folder (dict.txt, encoder.json, vocab.bpe) to build the tokenizer from.")
+              help="OFA: the utils/BPE folder (dict.txt, encoder.json, vocab.bpe) to build the tokenizer from; "
+              "fairseq BART: the folder with encoder.json and vocab.bpe.")
+@click.option("--dict", "dictionary", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="fairseq BART: the model's dict.txt (ids of the converted tokenizer = fairseq's).")
 @click.option("--bpe", type=click.Choice(["gpt2", "bert"]), help="OFA: tokenizer kind (default: from the checkpoint).")
 @click.option("--patch-image-size", type=int, help="OFA: image resolution of the processor (default: the task's).")
 @click.option("--text-config", help="METER: the text tower's config (roberta-base, a folder, or a config.json).")
 @click.option("--tokenizer", help="METER: tokenizer folder or id to ship with the model.")
 @click.option("--head", help="METER: which task head to keep when a checkpoint has several (vqa, itm, mlm, ...).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, bpe, patch_image_size,
+def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, dictionary, bpe,
+            patch_image_size,
             text_config, tokenizer, head, quiet):
-    """Convert an OFA (.pt) or METER (.ckpt) checkpoint into a Hugging Face model folder.
+    """Convert an OFA (.pt), fairseq translation transformer / BART (.pt) or METER (.ckpt) checkpoint into a
+    Hugging Face model folder (fairseq's own families into stock transformers classes).
 
     Every source tensor is mapped or explicitly dropped, every model parameter produced or tied, every shape
     checked, before anything is written; OUTPUT appears whole or not at all.
@@ -39,7 +44,7 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allo
       hfport convert ofa_large.pt ./ofa-large-fp16 --dtype float16 --max-shard-size 500MB
       hfport convert meter_clip16_288_roberta_vqa.ckpt ./meter-vqa-hf --text-config roberta-base
     """
-    options = dict(bpe_dir=bpe_dir, bpe=bpe, patch_image_size=patch_image_size, text_config=text_config,
+    options = dict(bpe_dir=bpe_dir, dictionary=dictionary, bpe=bpe, patch_image_size=patch_image_size, text_config=text_config,
                    tokenizer=tokenizer, head=head)
     options = {k: v for k, v in options.items() if v is not None}
     if quiet:

@@ -1,0 +1,197 @@
+"""fairseq's translation transformer -> stock transformers classes, checked against goldens that fairseq itself
+recorded (tests/data/fairseq/<case>/golden.pt, made by tests/data/fairseq/make_checkpoints.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfport.converters.pipeline import convert_checkpoint, export_folder
+from hfport.errors import HfportError, UnsupportedCheckpointError
+from hfport.verify.harness import verify_folder
+from tests.helpers import load_in_fresh_process, run_cli
+
+DATA = Path(__file__).parent / "data" / "fairseq"
+CASES = {
+    "translation_postnorm_tied": "FSMTForConditionalGeneration",
+    "translation_prenorm_shared": "M2M100ForConditionalGeneration",
+    "translation_postnorm_untied": "FSMTForConditionalGeneration",
+}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fairseq_translation")
+    folders = {}
+
+    def get(case: str) -> Path:
+        if case not in folders:
+            folders[case] = convert_checkpoint(DATA / case / "checkpoint.pt", root / case)
+        return folders[case]
+
+    return get
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_translation_checkpoint_becomes_a_stock_class_that_loads_without_hfport_with_nothing_missing(
+        case, converted, tmp_path):
+    folder = converted(case)
+    config = json.loads((folder / "config.json").read_text())
+    assert "auto_map" not in config  # stock class, no remote code
+    info = load_in_fresh_process(folder, "AutoModelForSeq2SeqLM", tmp_path)
+    assert info["class"] == CASES[case]
+    assert info["module"].startswith("transformers.models.")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_converted_translation_model_matches_fairseq_logits_every_layer_and_greedy_and_beam_tokens(case, converted):
+    report = verify_folder(converted(case), golden=DATA / case / "golden.pt", check_beam=True, write=False)
+    assert report["passed"], json.dumps(report["outputs"][:3], default=str)[:2000]
+    logits = [r for r in report["outputs"] if r["name"] == "logits"]
+    assert logits and max(r["max_abs"] for r in logits) <= 1e-5
+    names = {r["name"] for r in report["outputs"]}
+    assert {"encoder_hidden_states.1", "decoder_inner_states.1", "encoder_out", "decoder_features"} <= names
+    runs = {g["name"]: g for g in report["generation"]}
+    assert runs["greedy"]["exact"] and runs["beam4"]["exact"] and runs["beam4"]["required"]
+    assert all(tokens[-1] == 2 for tokens in runs["beam4"]["reference"])  # generation really finished, not cut off
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fairseq_to_hf_to_fairseq_reproduces_every_translation_tensor_bit_exactly(case, converted, tmp_path):
+    result = export_folder(converted(case), tmp_path / "back.pt")
+    back = torch.load(result["written"], map_location="cpu", weights_only=False)["model"]
+    original = _load(DATA / case / "checkpoint.pt")["model"]
+    not_restored = set(result["not_restored"])
+    for key, tensor in original.items():
+        if key in not_restored:
+            continue
+        assert key in back, key
+        assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
+    assert set(back) <= set(original)
+    assert all(k.endswith("._float_tensor") for k in not_restored)  # older fairseq's marker; not in this file
+
+
+def test_the_round_trip_file_loads_back_into_fairseq_shape_checks(converted, tmp_path):
+    """The exported state dict has exactly fairseq's parameter names and shapes (what load_state_dict checks)."""
+    case = "translation_postnorm_tied"
+    result = export_folder(converted(case), tmp_path / "back.pt")
+    back = torch.load(result["written"], map_location="cpu", weights_only=False)
+    original = _load(DATA / case / "checkpoint.pt")
+    params = {k: tuple(v.shape) for k, v in original["model"].items() if not k.endswith("_float_tensor")}
+    assert {k: tuple(v.shape) for k, v in back["model"].items()} == params
+    assert isinstance(back["cfg"]["model"], argparse.Namespace)
+    assert back["cfg"]["model"].arch == "transformer_iwslt_de_en"
+
+
+def test_fairseq_only_leftovers_are_dropped_with_stated_reasons(converted):
+    provenance = json.loads((converted("translation_postnorm_tied") / "hfport.json").read_text())
+    assert provenance["family"] == "fairseq_translation"
+    dropped = provenance["dropped"]
+    assert "version number" in dropped["encoder.version"] and "version number" in dropped["decoder.version"]
+    for key, reason in dropped.items():
+        assert reason, key
+    generated = provenance["generated"]
+    assert set(generated) == {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
+
+
+def test_an_optimizer_laden_checkpoint_converts_without_its_optimizer_state_being_needed(converted, tmp_path):
+    checkpoint = _load(DATA / "translation_postnorm_tied" / "checkpoint.pt")
+    params = [v for v in checkpoint["model"].values() if v.is_floating_point()]
+    checkpoint["last_optimizer_state"] = {
+        "state": {i: {"step": torch.tensor(400.0), "exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+                  for i, p in enumerate(params)},
+        "param_groups": [{"lr": 0.005, "betas": (0.9, 0.999), "eps": 1e-8, "params": list(range(len(params)))}],
+    }
+    laden = tmp_path / "with_adam.pt"
+    torch.save(checkpoint, laden)
+    assert laden.stat().st_size > 2.5 * (DATA / "translation_postnorm_tied" / "checkpoint.pt").stat().st_size
+    folder = convert_checkpoint(laden, tmp_path / "out")
+    plain = converted("translation_postnorm_tied")
+    from safetensors.torch import load_file
+
+    a, b = load_file(folder / "model.safetensors"), load_file(plain / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_family_is_detected_from_cfg_model_name_or_legacy_args_arch(tmp_path):
+    checkpoint = _load(DATA / "translation_postnorm_tied" / "checkpoint.pt")
+    model_args = checkpoint["cfg"]["model"]
+    legacy = {"args": model_args, "model": checkpoint["model"]}
+    torch.save(legacy, tmp_path / "legacy.pt")
+    folder = convert_checkpoint(tmp_path / "legacy.pt", tmp_path / "out")
+    assert json.loads((folder / "hfport.json").read_text())["family"] == "fairseq_translation"
+
+
+def test_a_pre_norm_model_with_separate_dictionaries_is_refused_with_the_reason(tmp_path):
+    checkpoint = _load(DATA / "translation_prenorm_shared" / "checkpoint.pt")
+    args = checkpoint["cfg"]["model"]
+    args = argparse.Namespace(**{**vars(args), "share_all_embeddings": False}) if isinstance(
+        args, argparse.Namespace) else {**args, "share_all_embeddings": False}
+    checkpoint["cfg"]["model"] = args
+    checkpoint["model"]["decoder.embed_tokens.weight"] = checkpoint["model"]["decoder.embed_tokens.weight"][:-8].clone()
+    checkpoint["model"]["decoder.output_projection.weight"] = checkpoint["model"]["decoder.embed_tokens.weight"]
+    torch.save(checkpoint, tmp_path / "prenorm_separate.pt")
+    result = run_cli(["convert", tmp_path / "prenorm_separate.pt", tmp_path / "out"], tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "separate source/target embeddings" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_learned_positions_are_refused_rather_than_mapped_onto_sinusoidal_ones(tmp_path):
+    checkpoint = _load(DATA / "translation_postnorm_untied" / "checkpoint.pt")
+    checkpoint["model"]["encoder.embed_positions.weight"] = torch.zeros(1026, 32)
+    torch.save(checkpoint, tmp_path / "learned.pt")
+    with pytest.raises(UnsupportedCheckpointError, match="learned positional embeddings"):
+        convert_checkpoint(tmp_path / "learned.pt", tmp_path / "out")
+
+
+def test_a_tied_decoder_whose_tensors_differ_is_refused(tmp_path):
+    checkpoint = _load(DATA / "translation_prenorm_shared" / "checkpoint.pt")
+    checkpoint["model"]["decoder.embed_tokens.weight"] = checkpoint["model"]["decoder.embed_tokens.weight"] + 1
+    torch.save(checkpoint, tmp_path / "broken.pt")
+    with pytest.raises(HfportError, match="should equal"):
+        convert_checkpoint(tmp_path / "broken.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_fairseq_0_12_2_fast_path_copies_are_dropped_with_their_reason_and_change_nothing(converted, tmp_path):
+    """fairseq 0.12.2 saves per-layer in_proj_* / out_proj_* / fc*_ fast-path Parameters (zeros after fresh training,
+    transformers #19260); fairseq refills them from the regular weights on load, so they must not be mapped."""
+    checkpoint = _load(DATA / "translation_postnorm_untied" / "checkpoint.pt")
+    state = checkpoint["model"]
+    for i in (0, 1):
+        p = f"encoder.layers.{i}."
+        state[p + "in_proj_weight"] = torch.zeros(96, 32)
+        state[p + "in_proj_bias"] = torch.zeros(96)
+        for name in ("out_proj", "fc1", "fc2"):
+            source = p + ("self_attn." if name == "out_proj" else "") + name
+            state[p + name + "_weight"] = torch.zeros_like(state[source + ".weight"])
+            state[p + name + "_bias"] = torch.zeros_like(state[source + ".bias"])
+    torch.save(checkpoint, tmp_path / "fairseq_0_12_2.pt")
+    folder = convert_checkpoint(tmp_path / "fairseq_0_12_2.pt", tmp_path / "out")
+    dropped = json.loads((folder / "hfport.json").read_text())["dropped"]
+    assert "fast-path copy" in dropped["encoder.layers.1.in_proj_weight"]
+    assert len([k for k in dropped if "_proj_" in k or "fc1_" in k or "fc2_" in k]) == 16
+    from safetensors.torch import load_file
+
+    plain = load_file(converted("translation_postnorm_untied") / "model.safetensors")
+    assert all(torch.equal(t, plain[k]) for k, t in load_file(folder / "model.safetensors").items())
+
+
+@pytest.mark.parametrize("case, title", [("translation_postnorm_tied", "fairseq translation transformer"),
+                                         ("bart_translation", "fairseq BART")])
+def test_inspect_names_fairseqs_own_family_and_arch(case, title, tmp_path):
+    result = run_cli(["inspect", DATA / case / "checkpoint.pt"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert title in result.stdout
+    assert json.loads((DATA / case / "meta.json").read_text())["arch"] in result.stdout
