@@ -271,8 +271,8 @@ def _toy_family(package: Path):
             return Golden("toy", OrderedDict(inputs=data["inputs"]), OrderedDict(inputs=OrderedDict(data["outputs"])),
                           [], {}, path, sha256)
 
-        def describe_trace(self, base, layer):
-            return {"hidden": ("toy dense layer", "dense")}.get(base)
+        def describe_trace(self, base, layer, variant=None):
+            return {"hidden": ("toy dense layer", ("dense",), None)}.get(base)
 
     return ToyFamily()
 
@@ -325,7 +325,8 @@ def test_a_family_registered_by_a_test_converts_verifies_and_exports_without_sta
     assert {o["name"] for o in report["outputs"]} == {"hidden", "logits"}
 
     broken = verify_folder(folder, golden=_toy_golden(weights, tmp_path / "bad.pt", shift=1e-3), write=False)
-    assert not broken["passed"] and broken["first_divergence"]["layer"] == "toy dense layer"
+    assert not broken["passed"] and broken["first_divergence"]["module"] == "dense"
+    assert broken["first_divergence"]["what"] == "toy dense layer"
 
     result = export_folder(folder, tmp_path / "back.bin")
     back = torch.load(result["written"], weights_only=True)["toy_weights"]

@@ -79,18 +79,6 @@ def load_golden(path: str | Path) -> Golden:
     return golden_from_dict(data, str(path), file_sha256(path))
 
 
-def read_folder_config(folder: Path) -> dict:
-    """A converted folder's config.json, or a one-line error when it is not JSON."""
-    path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{path}: not a readable config ({type(err).__name__}: {str(err)[:120]})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: not a config (a JSON {type(config).__name__}, expected an object)")
-    return config
-
-
 @contextlib.contextmanager
 def folder_load_errors(folder: Path):
     """Loading weights that are missing, damaged or foreign is a one-line error, not a traceback."""

@@ -19,7 +19,7 @@ from hfport.errors import ConfigError, HfportError
 from hfport.family import ConvertedFolder, get_family
 from hfport.verify import probes
 from hfport.read.torch_file import file_sha256
-from hfport.verify.golden import Golden, check_token_ids, folder_load_errors, load_golden, read_folder_config
+from hfport.verify.golden import Golden, check_token_ids, folder_load_errors, load_golden
 from hfport.verify.localise import first_divergence
 from hfport.verify.report import SCHEMA, write_report
 
@@ -202,10 +202,10 @@ def verify_folder(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder} is not a converted model folder (no config.json)")
-    folder_config = read_folder_config(folder)
     if (golden is None) == (against is None):
         raise ConfigError("give exactly one reference: --golden FILE or --against CKPT --reference-code DIR")
     converted_folder = ConvertedFolder.open(folder, require_provenance=False)
+    folder_config = converted_folder.config
     family = converted_folder.family
     tolerance = tolerance_policy(folder, family, atol, rtol, scale_rtol)
 
