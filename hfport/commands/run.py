@@ -12,13 +12,17 @@ from hfport.errors import ConfigError
 OFA_TASKS = ("caption", "vqa", "grounding", "none")
 
 
-def load_folder(folder: Path):
-    """(config dict, processor, model) of a converted folder, through the Auto classes and the folder's own code."""
+def load_folder(folder: Path, trust_remote_code: bool = False):
+    """(config dict, processor, model) of a converted folder, through the Auto classes and the folder's own code
+    (refused, before anything is imported, when that code is not this hfport's own, unless trusted)."""
     import transformers
+
+    from hfport.code_trust import check_model_code
 
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{folder} has no config.json: it is not a converted model folder")
+    check_model_code(folder, trust_remote_code, "run it")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         raise ConfigError(
@@ -108,7 +112,10 @@ def run_meter(config, processor, model, images, text, top_k) -> dict:
 @click.option("--max-length", type=click.IntRange(1), default=20, show_default=True, help="OFA: most new tokens.")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="METER: answers to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as_json):
+@click.option("--trust-remote-code", is_flag=True,
+              help="Run the folder's Python even where it differs from the model code this hfport ships "
+                   "(refused otherwise).")
+def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as_json, trust_remote_code):
     """Run a converted model on an image (and a text) and print its answer.
 
     \b
@@ -117,7 +124,7 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
       hfport run ./ofa-large-hf --image cat.jpg --text "what color is the cat?" --task vqa
       hfport run ./meter-vqa-hf --image cat.jpg --text "what color is the cat?" --top-k 3
     """
-    config, processor, model = load_folder(folder)
+    config, processor, model = load_folder(folder, trust_remote_code)
     pictures = [open_image(path) for path in images]
     family = "ofa" if config.get("model_type", "").lower().startswith("ofa") else "meter"
     if family == "ofa":
