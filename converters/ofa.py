@@ -49,7 +49,9 @@ UNSUPPORTED_KEYS = {
 
 
 def matches(checkpoint: dict) -> bool:
-    return isinstance(checkpoint.get("model"), dict) and ("cfg" in checkpoint or "args" in checkpoint)
+    from hfport.verify.backends.fairseq_ofa import is_ofa_checkpoint  # the one test, shared with the recorder
+
+    return is_ofa_checkpoint(checkpoint)
 
 
 def model_arguments(checkpoint: dict) -> dict:

@@ -1,7 +1,8 @@
 """read -> map -> write: the family-independent conversion driver.
 
-A family converter (``converters/ofa.py``, ``converters/meter.py``) knows how to recognise its checkpoints,
-derive the HF config from hyper-parameters and tensor shapes, and which extra files travel with the model.
+A family (``hfport.family``; ``converters/ofa_family.py``, ``converters/meter_family.py``) knows how to recognise
+its checkpoints, derive the HF config from hyper-parameters and tensor shapes, and which extra files travel with
+the model.
 Everything else — strict key accounting, shape checks, dtype handling, streaming shards, staging the output
 folder, provenance — happens here, once.
 """
@@ -20,14 +21,13 @@ import torch
 
 from hfport import __version__
 from hfport.code_trust import check_model_code, model_code_digests
-from hfport.errors import CheckpointError, ConfigError, HfportError, UnsupportedCheckpointError
+from hfport.errors import CheckpointError, ConfigError, HfportError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
 from hfport.write.folder import check_output_file, check_output_path, staged_output
 from hfport.write.safetensors_shards import ShardedSafetensorsWriter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FAMILIES = ("ofa", "meter")
 
 
 @dataclass
@@ -55,15 +55,10 @@ def reject_unused_options(unused: dict, family: str) -> None:
 
 
 def detect_family(checkpoint: dict, path: Path):
-    from hfport.converters import meter, ofa
+    """The registered family (see hfport.family) whose test accepts this checkpoint."""
+    from hfport.family import detect_family as detect
 
-    for family in (ofa, meter):
-        if family.matches(checkpoint):
-            return family
-    raise UnsupportedCheckpointError(
-        f"{path}: not an OFA (fairseq) or METER (Lightning) checkpoint "
-        f"(top-level keys: {', '.join(sorted(map(str, checkpoint))[:8])})"
-    )
+    return detect(checkpoint, path)
 
 
 def check_tensors(state: dict, path: Path) -> None:
@@ -104,9 +99,9 @@ def convert_checkpoint(
         raise HfportError(f"unknown --dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     checkpoint = load_checkpoint(source, trust=trust_pickle)
     family = detect_family(checkpoint, source)
-    check_tensors(checkpoint[family.STATE_KEY], source)
+    check_tensors(checkpoint[family.state_key], source)
     prepared: Prepared = family.prepare(checkpoint, source, **options)
-    mapping = Mapping.load(family.MAPPING)
+    mapping = Mapping.load(family.mapping)
     expected = target_shapes(prepared.model_class, prepared.config)
     shapes = {k: tuple(v.shape) for k, v in prepared.state_dict.items()}
     plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name)
@@ -129,7 +124,7 @@ def convert_checkpoint(
         extras = prepared.write_extras(staging) if prepared.write_extras else []
         provenance = {
             "schema": "hfport.provenance/1",
-            "family": family.FAMILY,
+            "family": family.name,
             "hfport_version": __version__,
             "source": {
                 "file": source.name,
@@ -171,34 +166,27 @@ def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force
     Returns ``{"written": path, "not_restored": {key: reason}, "regenerated": [keys]}``. Everything the
     forward conversion carried over comes back bit-exactly; dropped keys (listed) cannot.
     """
-    import importlib
     import tempfile
 
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    folder = Path(folder)
+    from hfport.family import ConvertedFolder
+
     output = check_output_file(output, force)
-    provenance_path = folder / "hfport.json"
-    if not provenance_path.is_file():
-        raise HfportError(f"{folder}: not an hfport-converted folder (no hfport.json)")
-    try:
-        provenance = json.loads(provenance_path.read_text())
-    except (OSError, ValueError) as err:
-        raise HfportError(f"{provenance_path}: unreadable ({err})") from None
-    if provenance.get("family") not in FAMILIES:
-        raise HfportError(f"{provenance_path}: unknown family {provenance.get('family')!r} (expected ofa or meter)")
+    converted = ConvertedFolder.open(folder)
+    folder, family = converted.path, converted.family
+    provenance = converted.provenance
     check_model_code(folder, trust_remote_code, "export it")  # loading its config imports the folder's code
-    family = importlib.import_module(f"hfport.converters.{provenance['family']}")
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    handles = [safe_open(str(p), framework="pt") for p in sorted(folder.glob("*.safetensors"))]
+    handles = [safe_open(str(p), framework="pt") for p in converted.weight_files]
     if not handles:
         raise HfportError(f"{folder}: no safetensors weights found")
     where = {key: handle for handle in handles for key in handle.keys()}
-    mapping = Mapping.load(family.MAPPING)
+    mapping = Mapping.load(family.mapping)
     flags = family.export_flags(config)
     plan = mapping.plan({k: tuple(h.get_slice(k).get_shape()) for k, h in where.items()}, None, flags,
-                        direction="backward", source_name=folder.name, regenerators=family.REGENERATED)
+                        direction="backward", source_name=folder.name, regenerators=family.regenerated)
     state = dict(Mapping.run(plan, lambda k: where[k].get_tensor(k), folder.name, family.regenerator(config)))
     checkpoint = family.original_checkpoint(config, state, provenance)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,14 @@
 """The mapping engine: runs a family's declarative rule file over a state dict, in either direction.
 
-Rule kinds (``mappings/<family>.toml``):
+Rule kinds (``mappings/<family>.toml`` tables), one class each that knows both directions:
 
-- ``rename``  one key to one key (``transpose = true`` swaps the two dims of a matrix on the way)
-- ``split``   one key to several along ``dim`` (fused q/k/v); backwards it concatenates
-- ``drop``    a source key with no target, with the reason; backwards it cannot be restored
-- ``derive``  a source buffer the target recomputes in code; backwards it is regenerated when the caller
-              supplies a generator for it, otherwise reported as not restored
-- ``tie``     a source key that must equal another source key (shared embeddings): checked bit-exactly and
-              consumed; its target is derived by weight tying. Backwards it is written as a copy.
+- ``rename`` (`Rename`)  one key to one key (``transpose = true`` swaps the two dims of a matrix on the way)
+- ``split``  (`Split`)   one key to several along ``dim`` (fused q/k/v); backwards it concatenates
+- ``drop``   (`Drop`)    a source key with no target, with the reason; backwards it cannot be restored
+- ``derive`` (`Derive`)  a source buffer the target recomputes in code; backwards it is regenerated when the
+                         caller supplies a generator for it, otherwise reported as not restored
+- ``tie``    (`Tie`)     a source key that must equal another source key (shared embeddings): checked bit-exactly
+                         and consumed; its target is derived by weight tying. Backwards it is written as a copy.
 
 Any rule may carry ``when = "flag"`` / ``when = "!flag"``: it applies only if the converter's flag says so
 (``when = "keep_{head}"`` names the flag through the matched key's placeholders).
@@ -26,31 +26,27 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Mapping as MappingType
+from typing import Callable, ClassVar, Collection, Iterator, Mapping as MappingType
 
 import torch
 
 from hfport.errors import MappingError
 from hfport.mappings.templates import Template, collapse_keys
 
-KIND_ORDER = ("tie", "drop", "derive", "split", "rename")
-
-
 @dataclass(frozen=True)
 class Rule:
-    kind: str
+    """One mapping rule; each subclass says what it does to a matched key in either direction.
+
+    ``source`` templates name original keys, ``target`` templates converted ones. ``when`` may name placeholders
+    (``keep_{head}``): they are filled from the matched key."""
+
     source: tuple[Template, ...]
     target: tuple[Template, ...]
     reason: str = ""
     when: str | None = None
-    dim: int = 0
-    transpose: bool = False
-    same_as: Template | None = None  # tie: the source key this one must equal
-    tied_to: Template | None = None  # tie: the target key that owns the weight
-    regenerate: str | None = None  # derive: name of the generator that rebuilds it backwards
+    kind: ClassVar[str] = ""
 
     def applies(self, flags: MappingType[str, bool], values: MappingType[str, str] | None = None) -> bool:
-        """``when`` may name placeholders (``keep_{head}``): they are filled from the matched key."""
         if self.when is None:
             return True
         if "{" in self.when and values is None:
@@ -61,6 +57,202 @@ class Rule:
         if name not in flags:
             raise MappingError(f"mapping rule needs the flag '{name}', which the converter did not set")
         return bool(flags[name]) != negate
+
+    def matching(self, forward: bool) -> tuple[Template, ...]:
+        """The templates an input key is matched against in this direction."""
+        return self.source if forward else self.target
+
+    def forward(self, draft: "_Draft", key: str, template: Template, values: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def backward(self, draft: "_Draft", key: str, template: Template, values: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def finish_forward(self, draft: "_Draft") -> None:
+        """After every input key is claimed (forward)."""
+
+    def finish_backward(self, draft: "_Draft") -> None:
+        """After every input key is claimed and split groups are joined (backward)."""
+
+    @classmethod
+    def from_toml(cls, entry: dict, path: Path) -> "Rule":
+        rule = cls(_templates(entry["source"]), _templates(entry["target"]), entry.get("reason", ""), entry.get("when"))
+        rule.validate(entry, path)
+        return rule
+
+    def validate(self, entry: dict, path: Path) -> None:
+        if set(self.source[0].names) != {n for t in self.target for n in t.names}:
+            raise MappingError(f"{path}: both sides of a rule must use the same placeholders ({entry})")
+
+
+@dataclass(frozen=True)
+class Rename(Rule):
+    """One key to one key; ``transpose = true`` swaps the two dims of a matrix on the way (either way)."""
+
+    transpose: bool = False
+    kind: ClassVar[str] = "rename"
+
+    def forward(self, draft, key, template, values):
+        draft.steps.append(self._copy(key, self.target[0].render(values), draft))
+
+    def backward(self, draft, key, template, values):
+        draft.steps.append(self._copy(key, self.source[0].render(values), draft))
+
+    def _copy(self, key: str, out: str, draft: "_Draft") -> "Step":
+        shape = tuple(draft.input_shapes[key])
+        if self.transpose:
+            shape = shape[::-1]
+        expected = draft.expected
+        if expected is not None and out in expected and tuple(expected[out]) != shape:
+            raise MappingError(f"shape mismatch: {key} {list(draft.input_shapes[key])} -> {out} expects {list(expected[out])}")
+        return Step("copy", [key], [out], transpose=self.transpose)
+
+    @classmethod
+    def from_toml(cls, entry, path):
+        rule = cls(_templates(entry["source"]), _templates(entry["target"]), entry.get("reason", ""), entry.get("when"),
+                   transpose=bool(entry.get("transpose", False)))
+        if len(rule.source) != 1 or len(rule.target) != 1:
+            raise MappingError(f"{path}: rename rules map one template to one template ({entry})")
+        rule.validate(entry, path)
+        return rule
+
+
+@dataclass(frozen=True)
+class Split(Rule):
+    """One key to several along ``dim`` (fused q/k/v); backwards the pieces are gathered and concatenated."""
+
+    dim: int = 0
+    kind: ClassVar[str] = "split"
+
+    def forward(self, draft, key, template, values):
+        outs = [t.render(values) for t in self.target]
+        shape, expected = draft.input_shapes[key], draft.expected
+        total = shape[self.dim] if shape else 0
+        if expected is not None and all(o in expected for o in outs):
+            sizes = [expected[o][self.dim] for o in outs]
+            rest = [tuple(s for d, s in enumerate(expected[o]) if d != self.dim) for o in outs]
+            own = tuple(s for d, s in enumerate(shape) if d != self.dim)
+            if sum(sizes) != total or any(r != own for r in rest):
+                raise MappingError(f"shape mismatch: {key} {list(shape)} cannot be split into "
+                                   + ", ".join(f"{o} {list(expected[o])}" for o in outs))
+        else:
+            if total % len(outs):
+                raise MappingError(f"shape mismatch: {key} {list(shape)} does not split in {len(outs)}")
+            sizes = [total // len(outs)] * len(outs)
+        draft.steps.append(Step("split", [key], outs, dim=self.dim, sizes=sizes))
+
+    def backward(self, draft, key, template, values):  # joined once the whole group is known (see join)
+        draft.groups.setdefault((id(self), tuple(sorted(values.items()))), (self, {}))[1][template.text] = key
+
+    def join(self, draft: "_Draft", values: dict[str, str], members: dict[str, str]) -> None:
+        wanted = [t.render(values) for t in self.target]
+        missing = [w for w, t in zip(wanted, self.target) if t.text not in members]
+        if missing:
+            raise MappingError(f"{draft.source_name}: incomplete group, missing {collapse_keys(missing)}")
+        draft.steps.append(Step("concat", wanted, [self.source[0].render(values)], dim=self.dim))
+
+    @classmethod
+    def from_toml(cls, entry, path):
+        rule = cls(_templates(entry["source"]), _templates(entry["target"]), entry.get("reason", ""), entry.get("when"),
+                   dim=int(entry.get("dim", 0)))
+        if len(rule.source) != 1 or len(rule.target) < 2:
+            raise MappingError(f"{path}: split rules map one template to several ({entry})")
+        rule.validate(entry, path)
+        return rule
+
+
+@dataclass(frozen=True)
+class Tie(Rule):
+    """A source key that must equal another source key (shared embeddings): checked bit-exactly and consumed; its
+    target is derived by weight tying. Backwards it is written as a copy of the key it must equal."""
+
+    same_as: Template | None = None  # the source key this one must equal
+    tied_to: Template | None = None  # the target key that owns the weight
+    kind: ClassVar[str] = "tie"
+
+    def forward(self, draft, key, template, values):
+        owner = self.same_as.render(values)
+        if owner not in draft.input_shapes:
+            raise MappingError(f"{key} is declared tied to {owner}, which the checkpoint lacks")
+        if tuple(draft.input_shapes[owner]) != tuple(draft.input_shapes[key]):
+            raise MappingError(f"shape mismatch: {key} {list(draft.input_shapes[key])} is tied to {owner} "
+                               f"{list(draft.input_shapes[owner])}")
+        draft.steps.append(Step("check", [key, owner], []))
+        draft.tied[self.target[0].render(values)] = self.tied_to.render(values)
+
+    def backward(self, draft, key, template, values):
+        owner = self.tied_to.render(values)
+        if owner in draft.input_shapes:
+            draft.steps.append(Step("check", [key, owner], []))
+
+    def finish_forward(self, draft):
+        # a tied alias some writers leave out of the file (its owner is there) is still derived by tying
+        for values in _enumerate_values(self.source[0]):
+            owner = self.same_as.render(values)
+            if self.source[0].render(values) not in draft.input_shapes and owner in draft.input_shapes:
+                draft.tied.setdefault(self.target[0].render(values), self.tied_to.render(values))
+
+    def finish_backward(self, draft):
+        # every alias is a copy of the key it must equal, produced from its owner
+        for step in list(draft.steps):
+            if step.op != "copy" or len(step.outputs) != 1:
+                continue
+            values = self.same_as.match(step.outputs[0])
+            if values is None:
+                continue
+            alias = self.source[0].render(values)
+            draft.steps.append(Step("copy", list(step.inputs), [alias], transpose=step.transpose))
+
+    @classmethod
+    def from_toml(cls, entry, path):
+        rule = cls(_templates(entry["source"]), _templates(entry["target"]), entry.get("reason", ""), entry.get("when"),
+                   same_as=Template(entry["same_as"]), tied_to=Template(entry["tied_to"]))
+        rule.validate(entry, path)
+        return rule
+
+
+@dataclass(frozen=True)
+class Drop(Rule):
+    """A source key with no target, with the reason; backwards it cannot be restored unless ``regenerate`` names a
+    generator the caller supplies."""
+
+    regenerate: str | None = None  # name of the generator that rebuilds it backwards
+    kind: ClassVar[str] = "drop"
+
+    def matching(self, forward):
+        return self.source if forward else ()
+
+    def forward(self, draft, key, template, values):
+        draft.dropped[key] = self.reason
+
+    def finish_backward(self, draft):
+        for template in self.source:
+            for key in _enumerate(template):
+                if self.regenerate and self.regenerate in draft.regenerators:
+                    draft.regenerated[key] = self.regenerate
+                else:
+                    draft.not_restored[key] = self.reason
+
+    @classmethod
+    def from_toml(cls, entry, path):
+        if not entry.get("reason"):
+            raise MappingError(f"{path}: every {cls.kind} rule needs a reason ({entry})")
+        return cls(_templates(entry.get("keys", entry.get("source"))), (), entry["reason"], entry.get("when"),
+                   regenerate=entry.get("regenerate"))
+
+
+@dataclass(frozen=True)
+class Derive(Drop):
+    """A source buffer the target recomputes in code; backwards regenerated when the caller supplies a generator
+    for it, otherwise reported as not restored."""
+
+    kind: ClassVar[str] = "derive"
+
+
+# The TOML tables, in precedence order: a key goes to the first rule that matches it, kinds in this order and
+# rules of one kind in file order.
+RULE_KINDS: dict[str, type[Rule]] = {"tie": Tie, "drop": Drop, "derive": Derive, "split": Split, "rename": Rename}
+KIND_ORDER = tuple(RULE_KINDS)
 
 
 @dataclass
@@ -73,6 +265,22 @@ class Step:
     dim: int = 0
     transpose: bool = False
     sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Draft:
+    """A plan being built: what the rules add while keys are claimed."""
+
+    input_shapes: MappingType[str, tuple[int, ...]]
+    expected: MappingType[str, tuple[int, ...]] | None
+    source_name: str
+    regenerators: frozenset
+    steps: list["Step"] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+    not_restored: dict[str, str] = field(default_factory=dict)
+    regenerated: dict[str, str] = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)  # backwards splits: (rule, placeholder values) -> pieces found
 
 
 @dataclass
@@ -138,39 +346,18 @@ class Mapping:
         flags = dict(flags or {})
         rules = [r for r in self.rules if r.applies(flags)]
         forward = direction == "forward"
-        steps: list[Step] = []
-        dropped: dict[str, str] = {}
-        tied: dict[str, str] = {}
-        not_restored: dict[str, str] = {}
-        regenerated: dict[str, str] = {}
+        draft = _Draft(input_shapes, expected_outputs, source_name, frozenset(regenerators))
         unmatched: list[str] = []
-        claimed: set[str] = set()
-        groups: dict[tuple[int, tuple], dict[str, str]] = {}
 
         for key in input_shapes:
-            if key in claimed:
-                continue
-            for index, rule in enumerate(rules):
-                side = rule.source if forward else rule.target
-                if rule.kind in ("drop", "derive"):
-                    side = rule.source if forward else ()
-                if rule.kind == "tie" and not forward:
-                    side = rule.target
-                hit = next(((t, v) for t in side for v in [t.match(key)] if v is not None), None)
+            for rule in rules:
+                hit = next(((t, v) for t in rule.matching(forward) for v in [t.match(key)] if v is not None), None)
                 if hit is None:
                     continue
                 template, values = hit
                 if not rule.applies(flags, values):
                     continue
-                claimed.add(key)
-                if rule.kind in ("drop", "derive"):
-                    dropped[key] = rule.reason
-                elif rule.kind == "tie":
-                    self._plan_tie(rule, values, key, forward, input_shapes, steps, tied)
-                elif len(side) > 1:  # backwards split = concat: gather the group first
-                    groups.setdefault((index, tuple(sorted(values.items()))), {})[template.text] = key
-                else:
-                    steps.append(self._plan_single(rule, values, key, forward, input_shapes, expected_outputs))
+                (rule.forward if forward else rule.backward)(draft, key, template, values)
                 break
             else:
                 unmatched.append(key)
@@ -182,92 +369,13 @@ class Mapping:
                 hint="is this a variant the mapping does not know (adapters, prompts, extra heads)? "
                 "see `hfport inspect`",
             )
-        for (index, value_items), members in groups.items():
-            rule, values = rules[index], dict(value_items)
-            wanted = [t.render(values) for t in rule.target]
-            missing = [w for w, t in zip(wanted, rule.target) if t.text not in members]
-            if missing:
-                raise MappingError(f"{source_name}: incomplete group, missing {collapse_keys(missing)}")
-            out = rule.source[0].render(values)
-            steps.append(Step("concat", wanted, [out], dim=rule.dim))
+        for (_, value_items), (rule, members) in draft.groups.items():
+            rule.join(draft, dict(value_items), members)
+        for rule in rules:
+            (rule.finish_forward if forward else rule.finish_backward)(draft)
 
-        if forward:
-            # a tied alias some writers leave out of the file (its owner is there) is still derived by tying
-            for rule in rules:
-                if rule.kind == "tie":
-                    for values in _enumerate_values(rule.source[0]):
-                        owner = rule.same_as.render(values)
-                        if rule.source[0].render(values) not in input_shapes and owner in input_shapes:
-                            tied.setdefault(rule.target[0].render(values), rule.tied_to.render(values))
-        else:
-            for rule in rules:
-                if rule.kind in ("drop", "derive"):
-                    for template in rule.source:
-                        for key in _enumerate(template):
-                            if rule.regenerate and rule.regenerate in regenerators:
-                                regenerated[key] = rule.regenerate
-                            else:
-                                not_restored[key] = rule.reason
-            # ties backwards: every alias is a copy of the key it must equal, produced from its owner
-            for rule in rules:
-                if rule.kind != "tie":
-                    continue
-                for step in list(steps):
-                    if step.op != "copy" or len(step.outputs) != 1:
-                        continue
-                    values = rule.same_as.match(step.outputs[0])
-                    if values is None:
-                        continue
-                    alias = rule.source[0].render(values)
-                    steps.append(Step("copy", list(step.inputs), [alias], transpose=step.transpose))
-
-        self._check_outputs(steps, tied, expected_outputs, source_name, forward)
-        return Plan(direction, steps, dropped, tied, not_restored, regenerated)
-
-    def _plan_single(self, rule, values, key, forward, input_shapes, expected):
-        if rule.kind == "rename":
-            out = (rule.target[0] if forward else rule.source[0]).render(values)
-            shape = tuple(input_shapes[key])
-            if rule.transpose:
-                shape = shape[::-1]
-            if expected is not None and out in expected and tuple(expected[out]) != shape:
-                raise MappingError(
-                    f"shape mismatch: {key} {list(input_shapes[key])} -> {out} expects {list(expected[out])}"
-                )
-            return Step("copy", [key], [out], transpose=rule.transpose)
-        # split forwards
-        outs = [t.render(values) for t in rule.target]
-        total = input_shapes[key][rule.dim] if input_shapes[key] else 0
-        if expected is not None and all(o in expected for o in outs):
-            sizes = [expected[o][rule.dim] for o in outs]
-            rest = [tuple(s for d, s in enumerate(expected[o]) if d != rule.dim) for o in outs]
-            own = tuple(s for d, s in enumerate(input_shapes[key]) if d != rule.dim)
-            if sum(sizes) != total or any(r != own for r in rest):
-                raise MappingError(
-                    f"shape mismatch: {key} {list(input_shapes[key])} cannot be split into "
-                    + ", ".join(f"{o} {list(expected[o])}" for o in outs)
-                )
-        else:
-            if total % len(outs):
-                raise MappingError(f"shape mismatch: {key} {list(input_shapes[key])} does not split in {len(outs)}")
-            sizes = [total // len(outs)] * len(outs)
-        return Step("split", [key], outs, dim=rule.dim, sizes=sizes)
-
-    def _plan_tie(self, rule, values, key, forward, input_shapes, steps, tied):
-        if forward:
-            owner = rule.same_as.render(values)
-            if owner not in input_shapes:
-                raise MappingError(f"{key} is declared tied to {owner}, which the checkpoint lacks")
-            if tuple(input_shapes[owner]) != tuple(input_shapes[key]):
-                raise MappingError(
-                    f"shape mismatch: {key} {list(input_shapes[key])} is tied to {owner} {list(input_shapes[owner])}"
-                )
-            steps.append(Step("check", [key, owner], []))
-            tied[rule.target[0].render(values)] = rule.tied_to.render(values)
-        else:
-            owner = rule.tied_to.render(values)
-            if owner in input_shapes:
-                steps.append(Step("check", [key, owner], []))
+        self._check_outputs(draft.steps, draft.tied, expected_outputs, source_name, forward)
+        return Plan(direction, draft.steps, draft.dropped, draft.tied, draft.not_restored, draft.regenerated)
 
     def _check_outputs(self, steps, tied, expected, source_name, forward):
         produced: dict[str, int] = {}
@@ -329,32 +437,17 @@ class Mapping:
                 yield step.outputs[0], torch.cat([get(k) for k in step.inputs], dim=step.dim)
 
 
-def _parse_rule(kind: str, entry: dict, path: Path) -> Rule:
-    def templates(value) -> tuple[Template, ...]:
-        if value is None:
-            return ()
-        return tuple(Template(v) for v in ([value] if isinstance(value, str) else value))
+def _templates(value) -> tuple[Template, ...]:
+    if value is None:
+        return ()
+    return tuple(Template(v) for v in ([value] if isinstance(value, str) else value))
 
+
+def _parse_rule(kind: str, entry: dict, path: Path) -> Rule:
     try:
-        if kind in ("drop", "derive"):
-            if not entry.get("reason"):
-                raise MappingError(f"{path}: every {kind} rule needs a reason ({entry})")
-            return Rule(kind, templates(entry.get("keys", entry.get("source"))), (), entry["reason"],
-                        entry.get("when"), regenerate=entry.get("regenerate"))
-        if kind == "tie":
-            return Rule(kind, templates(entry["source"]), templates(entry["target"]), entry.get("reason", ""),
-                        entry.get("when"), same_as=Template(entry["same_as"]), tied_to=Template(entry["tied_to"]))
-        rule = Rule(kind, templates(entry["source"]), templates(entry["target"]), entry.get("reason", ""),
-                    entry.get("when"), dim=int(entry.get("dim", 0)), transpose=bool(entry.get("transpose", False)))
+        return RULE_KINDS[kind].from_toml(entry, path)
     except KeyError as err:
         raise MappingError(f"{path}: a {kind} rule lacks {err}") from None
-    if kind == "rename" and (len(rule.source) != 1 or len(rule.target) != 1):
-        raise MappingError(f"{path}: rename rules map one template to one template ({entry})")
-    if kind == "split" and (len(rule.source) != 1 or len(rule.target) < 2):
-        raise MappingError(f"{path}: split rules map one template to several ({entry})")
-    if set(rule.source[0].names) != {n for t in rule.target for n in t.names}:
-        raise MappingError(f"{path}: both sides of a rule must use the same placeholders ({entry})")
-    return rule
 
 
 def _enumerate_values(template: Template) -> list[dict[str, str]]:

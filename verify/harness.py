@@ -17,16 +17,15 @@ import torch
 import hfport
 from hfport.code_trust import check_model_code
 from hfport.errors import ConfigError, HfportError
+from hfport.family import ConvertedFolder, get_family
 from hfport.folder_files import model_digests
 from hfport.verify import probes
-from hfport.verify.compare import compare_tensors
 from hfport.read.torch_file import file_sha256
 from hfport.verify.golden import Golden, load_golden
 from hfport.verify.localise import first_divergence
 from hfport.verify.report import SCHEMA, write_report
 
-# fp32 policy (lossless storage): the issues' demands; METER's fixtures put the fp64 floor at <= 5.4e-6.
-FP32_ATOL = {"ofa": 1e-4, "meter": 1e-5}
+# fp32 policy (lossless storage): each family's `fp32_atol` (the issues' demands).
 # fp32's noise floor relative to a tensor's largest value: a Swin stage reaching |x| ~ 29 differs by 3.2e-5 between
 # fp32 and fp64 of the *same* model (measured), past 1e-5 absolute; 2e-6 x max|ref| admits that and still fails a
 # wrong fusion LayerNorm eps (2.1e-5 to 3e-5 on features of magnitude ~4).
@@ -36,7 +35,6 @@ FP32_SCALE_RTOL = 2e-6
 # activations and a few times more on logits.
 LOSSY_ATOL = {"float16": 1e-2, "bfloat16": 5e-2}
 PRECISION_BITS = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
-METER_TEXT_STREAMS = ("text_embeddings", "text_encoder", "fusion_text", "text_feats", "mlm_logits")
 
 
 class Backend(Protocol):
@@ -103,7 +101,7 @@ def tolerance_policy(folder: str | Path, family: str, atol: float | None = None,
         policy = {"atol": LOSSY_ATOL.get(stored, 1e-2), "rtol": 0.0, "scale_rtol": 0.0, "policy": f"{stored}-lossy",
                   "reason": f"{source} weights stored as {stored}: rounding moves outputs by more than fp32 noise"}
     else:
-        policy = {"atol": FP32_ATOL[family], "rtol": 0.0, "scale_rtol": FP32_SCALE_RTOL, "policy": "fp32",
+        policy = {"atol": _family(family).fp32_atol, "rtol": 0.0, "scale_rtol": FP32_SCALE_RTOL, "policy": "fp32",
                   "reason": f"stored {stored} holds the {source} source weights exactly; computed in fp32"}
     policy.update(stored_dtype=stored, source_dtype=source)
     if atol is not None or rtol is not None or scale_rtol is not None:
@@ -114,51 +112,15 @@ def tolerance_policy(folder: str | Path, family: str, atol: float | None = None,
     return policy
 
 
-def _pad_id(golden: Golden) -> int:
-    special = golden.meta.get("special_ids") or {}
-    return int(special.get("pad", 1))
+def _family(family: Any) -> Any:
+    """A family given by name (as reports and golden files name it) or already looked up."""
+    return get_family(family) if isinstance(family, str) else family
 
 
-def _is_text_stream(name: str) -> bool:
-    return name.startswith(METER_TEXT_STREAMS)
-
-
-def compare_set(family: str, set_name: str, inputs: dict, reference: dict, converted: dict, golden: Golden,
+def compare_set(family: Any, set_name: str, inputs: dict, reference: dict, converted: dict, golden: Golden,
                 atol: float, rtol: float, scale_rtol: float = 0.0) -> list[dict[str, Any]]:
-    """Compare every reference entry of one input set, on non-padded positions (see module docs of the policy)."""
-    results = []
-    enc_keep = dec_keep = None
-    if family == "ofa":
-        if "encoder_padding_mask" in reference:
-            enc_keep = ~reference["encoder_padding_mask"].to(torch.bool)
-        if "prev_output_tokens" in inputs:
-            dec_keep = inputs["prev_output_tokens"] != _pad_id(golden)
-    text_keep = inputs["text_masks"].to(torch.bool) if family == "meter" and "text_masks" in inputs else None
-
-    for name, ref in reference.items():
-        got = converted.get(name)
-        if got is None:
-            results.append({"name": name, "set": set_name, "shape": list(ref.shape), "atol": atol, "passed": False,
-                            "error": "missing from the converted model's trace"})
-            continue
-        got = got.detach().cpu()
-        if family == "ofa":
-            mask = None
-            if name.startswith("encoder_") and name != "encoder_padding_mask":
-                mask = enc_keep
-            elif name.startswith(("decoder_", "logits")):
-                mask = dec_keep
-            results.append(compare_tensors(name, set_name, ref, got, atol, rtol, mask, scale_rtol))
-            continue
-        result = compare_tensors(name, set_name, ref, got, atol, rtol, scale_rtol=scale_rtol)
-        if not result["passed"] and text_keep is not None and _is_text_stream(name) and "error" not in result:
-            masked = compare_tensors(name, set_name, ref, got, atol, rtol, text_keep, scale_rtol)
-            if masked["passed"]:  # only padded text positions differ: report both, judge the real tokens
-                masked["all_positions"] = {k: result.get(k) for k in ("max_abs", "mean_abs", "worst_index", "min_atol_to_pass")}
-                masked["note"] = "differs only at padded text positions"
-                result = masked
-        results.append(result)
-    return results
+    """Compare every reference entry of one input set, the family's way (which positions count)."""
+    return _family(family).compare_set(set_name, inputs, reference, converted, golden, atol, rtol, scale_rtol)
 
 
 def compare_generations(golden: Golden, converted: Backend, check_beam: bool) -> list[dict[str, Any]]:
@@ -181,15 +143,16 @@ def compare_generations(golden: Golden, converted: Backend, check_beam: bool) ->
     return out
 
 
-def run_verification(family: str, golden: Golden, converted: Backend, tolerance: dict[str, Any],
+def run_verification(family: Any, golden: Golden, converted: Backend, tolerance: dict[str, Any],
                      check_beam: bool = False) -> dict[str, Any]:
     """Compare a converted backend against a reference; the report without the outer identification."""
+    family = _family(family)
     outputs: list[dict[str, Any]] = []
     for set_name, inputs in golden.sets.items():
         trace = converted.trace(inputs)
         outputs += compare_set(family, set_name, inputs, golden.traces[set_name], trace, golden,
                                tolerance["atol"], tolerance["rtol"], tolerance.get("scale_rtol", 0.0))
-    generation = compare_generations(golden, converted, check_beam) if family == "ofa" else []
+    generation = compare_generations(golden, converted, check_beam) if family.checks_generation else []
     divergence = first_divergence(outputs, golden.order)
     if divergence is None and any(not r["passed"] for r in outputs):  # names outside the known order
         divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None}
@@ -201,13 +164,13 @@ def run_verification(family: str, golden: Golden, converted: Backend, tolerance:
             "problems": problems}
 
 
-def expected_counts(golden: Golden, family: str) -> dict[str, int]:
+def expected_counts(golden: Golden, family: Any) -> dict[str, int]:
     """How many outputs and generation runs the reference holds: a passing report must have compared them all."""
     return {"outputs": sum(len(trace) for trace in golden.traces.values()),
-            "generations": len(golden.generations) if family == "ofa" else 0}
+            "generations": len(golden.generations) if _family(family).checks_generation else 0}
 
 
-def coverage_problems(golden: Golden, family: str, outputs: list, generation: list) -> list[str]:
+def coverage_problems(golden: Golden, family: Any, outputs: list, generation: list) -> list[str]:
     expected = expected_counts(golden, family)
     problems = []
     if not outputs:
@@ -230,7 +193,7 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def user_sets(folder: Path, family: str, image: str | None, text: str | None, tokens: str | None) -> dict | None:
+def user_sets(folder: ConvertedFolder, image: str | None, text: str | None, tokens: str | None) -> dict | None:
     """Input sets from --image / --text / --tokens (None when none given)."""
     if not (image or text or tokens):
         return None
@@ -242,7 +205,7 @@ def user_sets(folder: Path, family: str, image: str | None, text: str | None, to
         try:
             from transformers import AutoProcessor
 
-            processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+            processor = AutoProcessor.from_pretrained(str(folder.path), trust_remote_code=True)
         except Exception as err:
             detail = (str(err).strip().splitlines() or [""])[0][:200]
             raise ConfigError(f"{folder} has no usable processor for --image/--text ({type(err).__name__}: {detail})",
@@ -261,19 +224,8 @@ def user_sets(folder: Path, family: str, image: str | None, text: str | None, to
                 break
         if text:
             ids = [int(i) for i in encoded["input_ids"][0]]
-    config = _read_json(folder / "config.json")
-    default = probes.folder_probes(str(folder))["inputs"]
-    if family == "ofa":
-        size = default["patch_images"].shape[-1] if pixel is None else pixel.shape[-1]
-        ids = ids if ids is not None else default["src_tokens"][0].tolist()
-        return probes.ofa_inputs_from_tokens(ids, pixel, size, config.get("bos_token_id", 0) or 0,
-                                             config.get("pad_token_id", 1), config.get("eos_token_id", 2))
-    ids = ids if ids is not None else default["text_ids"][0].tolist()
-    inputs = {"text_ids": torch.tensor([ids]), "text_masks": torch.ones(1, len(ids), dtype=torch.long)}
-    image_keys = [k for k in default if k.startswith("image")]
-    for key in image_keys:
-        inputs[key] = pixel.unsqueeze(0) if pixel is not None else default[key][:1]
-    return {"inputs": inputs}
+    default = folder.family.probes(folder, probes.PROBE_SEED)["inputs"]
+    return folder.family.user_inputs(folder, default, pixel, ids)
 
 
 def verify_folder(
@@ -306,10 +258,8 @@ def verify_folder(
         raise ConfigError(f"{folder} is not a converted model folder (no config.json)")
     if (golden is None) == (against is None):
         raise ConfigError("give exactly one reference: --golden FILE or --against CKPT --reference-code DIR")
-    try:
-        family = probes.folder_family(str(folder))
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    converted_folder = ConvertedFolder.open(folder, require_provenance=False)
+    family = converted_folder.family
     check_model_code(folder, trust_remote_code, "verify it")
     tolerance = tolerance_policy(folder, family, atol, rtol, scale_rtol)
     judged = model_digests(folder)  # hashed before the model is loaded: the report is bound to these bytes
@@ -324,26 +274,27 @@ def verify_folder(
             raise ConfigError("--against needs --reference-code DIR (the original code checkout)")
         from hfport.verify.reference import record_reference
 
-        sets = user_sets(folder, family, image, text, tokens) or probes.folder_probes(str(folder))
+        sets = (user_sets(converted_folder, image, text, tokens)
+                or family.probes(converted_folder, probes.PROBE_SEED))
         recorded = time.time()
-        path = record_reference(against, reference_code, sets, family, reference_python, bpe_dir, text_config, vit)
+        path = record_reference(against, reference_code, sets, family.name, reference_python, bpe_dir, text_config, vit)
         reference = load_golden(path)
-        reference_info = {"kind": "fairseq-live" if family == "ofa" else "meter-live", "path": str(against),
+        reference_info = {"kind": family.live_reference, "path": str(against),
                           "sha256": file_sha256(against), "code": str(reference_code),
                           "python": reference_python or "in-process", "seconds": round(time.time() - recorded, 3)}
-    if reference.family != family:
-        raise ConfigError(f"the reference is a {reference.family} golden file but {folder} holds a {family} model")
+    if reference.family != family.name:
+        raise ConfigError(f"the reference is a {reference.family} golden file but {folder} holds a {family.name} model")
 
     if converted is None:
         from hfport.verify.backends.hf import ConvertedBackend
 
-        converted = ConvertedBackend(folder, family)
+        converted = ConvertedBackend(converted_folder)
     result = run_verification(family, reference, converted, tolerance, check_beam)
     reference_info.update(expected_counts(reference, family))
     report = {
         "schema": SCHEMA,
         "passed": result["passed"],
-        "family": family,
+        "family": family.name,
         "model": str(folder),
         "reference": reference_info,
         "tolerance": tolerance,

@@ -4,8 +4,6 @@ This module also runs inside the original models' legacy environments (the recor
 and keeps to Python 3.8 syntax.
 """
 
-import json
-import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -125,14 +123,7 @@ def parse_tokens(text: str) -> List[int]:
         raise ValueError("--tokens takes integer token ids separated by commas or spaces, got {!r}".format(text))
 
 
-# ---- reading a converted folder's config (harness side) ----
-
-def _read_json(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
+# ---- shaping probes for a converted folder (harness side; the families hold the details) ----
 
 def _first(*values: Any) -> Any:
     for v in values:
@@ -141,67 +132,9 @@ def _first(*values: Any) -> Any:
     return None
 
 
-def _preprocessor_size(folder: str) -> Optional[int]:
-    for name in ("preprocessor_config.json", "processor_config.json"):
-        cfg = _read_json(os.path.join(folder, name))
-        cfg = cfg.get("image_processor", cfg)
-        size = cfg.get("size") or cfg.get("crop_size")
-        if isinstance(size, dict):
-            size = size.get("height") or size.get("shortest_edge")
-        if isinstance(size, int):
-            return size
-    return None
-
-
-def folder_family(folder: str) -> str:
-    prov = _read_json(os.path.join(folder, "hfport.json"))
-    if prov.get("family"):
-        return prov["family"]
-    model_type = _read_json(os.path.join(folder, "config.json")).get("model_type", "")
-    if model_type in ("ofa", "meter"):
-        return model_type
-    raise ValueError("cannot tell the model family of {} (no hfport.json, model_type {!r})".format(folder, model_type))
-
-
-def is_nlvr2_folder(folder: str) -> bool:
-    prov = _read_json(os.path.join(folder, "hfport.json"))
-    config = _read_json(os.path.join(folder, "config.json"))
-    names = [str(prov.get("model_class", "")), str(prov.get("task", ""))] + [str(a) for a in config.get("architectures") or []]
-    if any("nlvr2" in n.lower() or "visualreasoning" in n.lower().replace("_", "") for n in names):
-        return True
-    if config.get("num_image_token_types") == 3:  # NLVR2 adds a third token type for the second image
-        return True
-    loss_names = (prov.get("hyper_parameters", {}).get("config", {}) or {}).get("loss_names", {})
-    return bool(loss_names.get("nlvr2"))
-
-
 def folder_probes(folder: str, seed: int = PROBE_SEED) -> "OrderedDict[str, Dict[str, torch.Tensor]]":
-    """Probes shaped for the converted model in `folder`, from its config.json (+ hfport.json, processor)."""
-    family = folder_family(folder)
-    config = _read_json(os.path.join(folder, "config.json"))
-    hyper = _read_json(os.path.join(folder, "hfport.json")).get("hyper_parameters", {}) or {}
-    if family == "ofa":
-        # fairseq keeps model and task arguments in separate groups; older files have them flat
-        merged = dict(hyper)
-        merged.update(hyper.get("model") or {})
-        merged.update(hyper.get("task") or {})
-        hyper = merged
-        size = _first(_preprocessor_size(folder), config.get("patch_image_size"), hyper.get("patch_image_size"), 480)
-        vocab = int(config.get("vocab_size", 59457))
-        code = int(_first(hyper.get("code_dict_size"), 8192))
-        bins = int(_first(hyper.get("num_bins"), 1000))
-        text_vocab = vocab - code - bins - 1 if vocab - code - bins - 1 > 4 else vocab
-        return ofa_probes(vocab, int(size), _first(config.get("bos_token_id"), 0), _first(config.get("pad_token_id"), 1),
-                          _first(config.get("eos_token_id"), 2), seed, text_vocab)
-    text = config.get("text_config") or {}
-    meter_cfg = hyper.get("config", {}) or {}
-    size = _first(config.get("image_size"), meter_cfg.get("image_size"), (config.get("vision_config") or {}).get("image_size"), 224)
-    roberta = "roberta" in str(text.get("model_type", ""))
-    pad = _first(text.get("pad_token_id"), 1 if roberta else 0)
-    cls = _first(text.get("bos_token_id"), 0 if roberta else 101)
-    sep = _first(text.get("eos_token_id"), 2 if roberta else 102)
-    if not roberta and text.get("vocab_size", 30522) < 1000:  # tiny BERT-style vocabularies (tests)
-        cls, sep = 1, 2
-    text_len = min(12, int(_first(config.get("max_text_len"), meter_cfg.get("max_text_len"), 40)))
-    return meter_probes(int(text.get("vocab_size", 30522)), int(size), int(cls), int(sep), int(pad),
-                        text_len, is_nlvr2_folder(folder), seed)
+    """Probes shaped for the converted model in `folder`, by its family (from config.json + hfport.json, processor)."""
+    from hfport.family import ConvertedFolder
+
+    converted = ConvertedFolder.open(folder, require_provenance=False)
+    return converted.family.probes(converted, seed)

@@ -27,7 +27,7 @@ def _tensors(value):
 def summarise(path: Path, trust_pickle: bool = False) -> dict:
     checkpoint = load_checkpoint(path, trust=trust_pickle)
     family = detect_family(checkpoint, path)
-    check_tensors(checkpoint[family.STATE_KEY], path)
+    check_tensors(checkpoint[family.state_key], path)
     facts = family.describe(checkpoint)
     weights = facts.pop("weights")
     baggage = facts.pop("baggage")

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from hfport.family import BUILTIN_FAMILIES
+
 
 @click.command("record")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--reference-code", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The original code checkout (OFA or METER).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Golden file to write.")
-@click.option("--family", type=click.Choice(["ofa", "meter"]), help="Default: from the file name (.ckpt = METER).")
+@click.option("--family", type=click.Choice(sorted(BUILTIN_FAMILIES)), help="Default: detected from the checkpoint.")
 @click.option("--reference-python", help="Python of the original's own environment (default: this one).")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False), help="Torch file {set: inputs} instead of the built-in probes.")
 @click.option("--bpe-dir", help="OFA: folder with dict.txt, encoder.json, vocab.bpe.")

@@ -12,31 +12,25 @@ from hfport.errors import ConfigError
 OFA_TASKS = ("caption", "vqa", "grounding", "none")
 
 
-def load_folder(folder: Path, trust_remote_code: bool = False):
-    """(config dict, processor, model) of a converted folder, through the Auto classes and the folder's own code
-    (refused, before anything is imported, when that code is not this hfport's own, unless trusted)."""
-    import transformers
-
+def open_folder(folder: Path, trust_remote_code: bool = False):
+    """The converted folder, checked for what `run` needs: a config, a tokenizer / processor, a known family, and
+    model code that is this hfport's own (refused before anything is imported, unless trusted)."""
     from hfport.code_trust import check_model_code
+    from hfport.family import ConvertedFolder, families
 
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder} has no config.json: it is not a converted model folder")
     check_model_code(folder, trust_remote_code, "run it")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+    if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json",
+                                                       "tokenizer_config.json")):
         raise ConfigError(
             f"{folder} has no tokenizer / image processor, so text and images cannot be turned into inputs",
-            hint="convert again with --bpe-dir (OFA) or --tokenizer (METER)",
+            hint="convert again with " + " or ".join(f.processor_hint for f in families()),
         )
-    processor = transformers.AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
-    architecture = (config.get("architectures") or [None])[0]
-    auto_name = next((key for key, ref in config.get("auto_map", {}).items()
-                      if key.startswith("AutoModel") and architecture and ref.endswith("." + architecture)), None)
-    if auto_name is None:
-        raise ConfigError(f"{folder}/config.json names no Auto class for its architecture {architecture!r}")
-    model = getattr(transformers, auto_name).from_pretrained(str(folder), trust_remote_code=True)
-    return config, processor, model.eval()
+    converted = ConvertedFolder.open(folder, require_provenance=False)
+    if converted.auto_class is None:
+        raise ConfigError(f"{folder}/config.json names no Auto class for its architecture {converted.model_class!r}")
+    return converted
 
 
 def open_image(path: str):
@@ -45,59 +39,6 @@ def open_image(path: str):
     with Image.open(path) as image:
         image.load()
         return image.copy()
-
-
-def run_ofa(processor, model, image, text, task, num_beams, max_length) -> dict:
-    import torch
-
-    task = task or ("caption" if text is None else "none")
-    inputs = processor(images=image, text=text, task=task, return_tensors="pt")
-    with torch.no_grad():
-        sequences = model.generate(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-            patch_images=inputs["patch_images"], patch_masks=inputs["patch_masks"],
-            num_beams=num_beams, max_new_tokens=max_length, do_sample=False,
-        )
-    ids = [int(i) for i in sequences[0]]
-    if ids and ids[0] == model.config.decoder_start_token_id:
-        ids = ids[1:]  # like OFA's generator output: no leading <s>
-    result = {"task": task, "prompt": processor.format_text(text, task), "text": processor.decode(ids), "ids": ids}
-    box = processor.post_process_boxes([ids], [image.size])[0]
-    if box is not None:
-        result["box"] = [round(v, 1) for v in box]
-    return result
-
-
-def run_meter(config, processor, model, images, text, top_k) -> dict:
-    import torch
-
-    architecture = (config.get("architectures") or [""])[0]
-    pair = "VisualReasoning" in architecture
-    if pair and len(images) != 2:
-        raise ConfigError("an NLVR2 model compares two images: pass --image twice")
-    if not pair and len(images) != 1:
-        raise ConfigError("this METER model reads one image: pass --image once")
-    inputs = processor(images=[tuple(images)] if pair else images[0], text=[text], return_tensors="pt")
-    with torch.no_grad():
-        outputs = model(**inputs)
-    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
-    if getattr(outputs, "itm_logits", None) is not None or "ImageTextMatching" in architecture:
-        logits = outputs.itm_logits if getattr(outputs, "itm_logits", None) is not None else outputs.logits
-        return {"head": architecture, "match_probability": float(logits.softmax(-1)[0, 1])}
-    logits = outputs.logits[0]
-    if logits.dim() == 2:  # masked LM: the best tokens at each <mask>
-        mask_positions = (inputs["input_ids"][0] == processor.tokenizer.mask_token_id).nonzero().flatten().tolist()
-        fills = []
-        for position in mask_positions:
-            scores, ids = logits[position].softmax(-1).topk(top_k)
-            fills.append([{"token": processor.tokenizer.convert_ids_to_tokens(int(i)), "score": float(s)}
-                          for s, i in zip(scores, ids)])
-        return {"head": architecture, "masks": fills}
-    # METER trains VQA with a binary cross-entropy per answer: sigmoid scores; the other heads are softmax classifiers
-    probabilities = logits.sigmoid() if "QuestionAnswering" in architecture else logits.softmax(-1)
-    scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
-    answers = [{"label": id2label.get(int(i), int(i)), "score": float(s)} for s, i in zip(scores, indices)]
-    return {"head": architecture, "answers": answers}
 
 
 @click.command("run")
@@ -124,17 +65,13 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
       hfport run ./ofa-large-hf --image cat.jpg --text "what color is the cat?" --task vqa
       hfport run ./meter-vqa-hf --image cat.jpg --text "what color is the cat?" --top-k 3
     """
-    config, processor, model = load_folder(folder, trust_remote_code)
+    from hfport.family import RunInputs
+
+    converted = open_folder(folder, trust_remote_code)
     pictures = [open_image(path) for path in images]
-    family = "ofa" if config.get("model_type", "").lower().startswith("ofa") else "meter"
-    if family == "ofa":
-        if len(pictures) != 1:
-            raise ConfigError("OFA reads one image: pass --image once")
-        result = run_ofa(processor, model, pictures[0], text, task, 1 if greedy else num_beams, max_length)
-    else:
-        if text is None:
-            raise ConfigError("METER models need --text")
-        result = run_meter(config, processor, model, pictures, text, top_k)
+    inputs = RunInputs(images=pictures, text=text, task=task, num_beams=1 if greedy else num_beams,
+                       max_length=max_length, top_k=top_k)
+    result = converted.family.run(converted, inputs)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False, indent=2))
         return

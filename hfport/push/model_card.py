@@ -11,48 +11,10 @@ from typing import Literal
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from hfport.family import auto_class_for  # noqa: F401  (part of this module's interface)
 from hfport.verify.report import markdown_cell, report_markdown
 
 VerificationStatus = Literal["passed", "failed", "missing", "unbound"]
-
-FAMILIES = {
-    "ofa": {
-        "name": "OFA",
-        "paper": "[OFA: Unifying Architectures, Tasks, and Modalities Through a Simple Sequence-to-Sequence "
-                 "Learning Framework](https://arxiv.org/abs/2202.03052)",
-        "code": "https://github.com/OFA-Sys/OFA",
-        "license": "apache-2.0",
-    },
-    "meter": {
-        "name": "METER",
-        "paper": "[An Empirical Study of Training End-to-End Vision-and-Language Transformers]"
-                 "(https://arxiv.org/abs/2111.02387)",
-        "code": "https://github.com/zdou0830/METER",
-        "license": "mit",
-    },
-}
-
-# The released OFA checkpoints whose HF-style ports OFA-Sys published on the Hub.
-KNOWN_BASE_MODELS = {f"ofa_{size}.pt": f"OFA-Sys/ofa-{size}" for size in ("tiny", "medium", "base", "large", "huge")}
-
-# (family, keywords looked for in `task` + `model_class`, Hub pipeline tag); first match wins.
-# The Hub has no visual-entailment / visual-reasoning task: NLVR2 and SNLI-VE give a fixed-choice verdict on an
-# (image, sentence) pair, which is closest to visual question answering.
-PIPELINE_TAGS = [
-    ("ofa", ("vqa", "question"), "visual-question-answering"),
-    ("ofa", ("caption",), "image-to-text"),
-    ("ofa", ("refcoco", "grounding"), "zero-shot-object-detection"),
-    ("ofa", ("snli", "entail"), "visual-question-answering"),
-    ("ofa", ("gigaword", "summar"), "summarization"),
-    ("ofa", (), "image-to-text"),  # pre-trained OFA: image + instruction in, text out
-    ("meter", ("vqa", "question"), "visual-question-answering"),
-    ("meter", ("irtr", "retrieval", "itm", "matching"), "zero-shot-image-classification"),
-    ("meter", ("nlvr", "reasoning", "snli", "entail"), "visual-question-answering"),
-    ("meter", ("fill-mask", "maskedlm"), "fill-mask"),
-    ("meter", (), "feature-extraction"),  # pre-trained METER (MLM + ITM heads)
-]
-
-_NOT_MODEL_AUTO_CLASSES = {"AutoConfig", "AutoTokenizer", "AutoProcessor", "AutoImageProcessor", "AutoFeatureExtractor"}
 
 
 # -- metadata ------------------------------------------------------------------------------------------------------
@@ -60,28 +22,27 @@ def pipeline_tag_for(provenance: dict) -> str | None:
     """The Hub task for a converted model, from `hfport.json` (an explicit `pipeline_tag` there wins)."""
     if provenance.get("pipeline_tag"):
         return provenance["pipeline_tag"]
-    family = provenance.get("family")
-    words = f"{provenance.get('task') or ''} {provenance.get('model_class') or ''}".lower()
-    for tag_family, keywords, tag in PIPELINE_TAGS:
-        if tag_family == family and (not keywords or any(k in words for k in keywords)):
-            return tag
-    return None
+    family = _family(provenance.get("family"))
+    if family is None:
+        return None
+    return family.pipeline_tag(provenance.get("task") or "", provenance.get("model_class") or "")
+
+
+def _family(name: str | None):
+    """The registered family of that name, or None (a card can still be built for an unknown one)."""
+    from hfport.family import UnknownFamilyError, get_family
+
+    try:
+        return get_family(name) if name else None
+    except UnknownFamilyError:
+        return None
 
 
 def base_model_for(provenance: dict) -> str | None:
-    return provenance.get("base_model") or KNOWN_BASE_MODELS.get((provenance.get("source") or {}).get("file", ""))
-
-
-def auto_class_for(config: dict, model_class: str | None = None) -> str:
-    """The transformers Auto class that loads this folder's model class, read from `config.json`'s `auto_map`."""
-    auto_map = {k: v for k, v in (config.get("auto_map") or {}).items()
-                if isinstance(v, str) and k not in _NOT_MODEL_AUTO_CLASSES}
-    model_class = model_class or next(iter(config.get("architectures") or []), None)
-    matching = [k for k, v in auto_map.items() if model_class and v.rsplit(".", 1)[-1] == model_class]
-    specific = [k for k in matching if k != "AutoModel"]
-    if specific or matching:
-        return (specific or matching)[0]
-    return "AutoModel" if "AutoModel" in auto_map or not auto_map else next(iter(auto_map))
+    if provenance.get("base_model"):
+        return provenance["base_model"]
+    family = _family(provenance.get("family"))
+    return family.base_models.get((provenance.get("source") or {}).get("file", "")) if family is not None else None
 
 
 def usage_snippet(repo_id: str, auto_class: str, preprocessor: str | None) -> str:
@@ -126,14 +87,16 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
                      status: VerificationStatus, preprocessor: str | None = None) -> ModelCard:
     """The README.md for a converted folder. `status` is what the verification gate decided."""
     family_key = provenance.get("family") or ""
-    family = FAMILIES.get(family_key, {"name": family_key.upper() or "model"})
+    known = _family(family_key)
+    family = known.card if known is not None else {"name": family_key.upper() or "model"}
     source = provenance.get("source") or {}
     mapping = provenance.get("mapping") or {}
     model_class = provenance.get("model_class") or next(iter(config.get("architectures") or []), None)
     auto_class = auto_class_for(config, model_class)
 
     tags = ["hfport", family_key] if family_key else ["hfport"]
-    tags += ["multimodal", "custom_code"] + (["unverified"] if status != "passed" else [])
+    tags += list(known.hub_tags if known is not None else ("multimodal", "custom_code"))
+    tags += ["unverified"] if status != "passed" else []
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=pipeline_tag_for(provenance),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hfport import __version__
 from hfport.errors import HfportError, HubError, VerificationFailed
+from hfport.family import ConvertedFolder
 from hfport.folder_files import CARD_NAME, REPORT_NAME, digest_mismatches, model_digests, regular_files
 from hfport.push.model_card import VerificationStatus, build_model_card
 from hfport.verify.report import SCHEMA as REPORT_SCHEMA
@@ -177,8 +178,8 @@ def plan_push(folder: str | Path, repo_id: str, *, report_path: str | Path | Non
     if missing:
         raise HfportError(f"{folder}: not a folder written by `hfport convert` (no {' or '.join(missing)})",
                           hint="convert the checkpoint first: hfport convert CHECKPOINT FOLDER")
-    provenance = _read_json(folder / PROVENANCE_NAME, "provenance record")
-    config = _read_json(folder / "config.json", "model config")
+    converted = ConvertedFolder.open(folder)  # one-line errors for unreadable files and unknown families
+    provenance, config = converted.provenance, converted.config
     digests = model_digests(folder)  # refuses symlinks out of the folder and special files, by name
     status, report, used_report = read_verification(folder, Path(report_path) if report_path else None,
                                                    provenance.get("family"), allow_unverified, digests)

@@ -3,48 +3,21 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hfport.errors import ConfigError, MappingError
-
-TRACE_MODULES = {"ofa": "hfport.verify.backends.hf_ofa", "meter": "hfport.verify.backends.hf_meter"}
-
-
-def _auto_class(folder: Path) -> Any:
-    """The Auto class whose auto_map entry names the converted model class (hfport.json `model_class`)."""
-    import transformers
-
-    config = json.loads((folder / "config.json").read_text())
-    auto_map = config.get("auto_map") or {}
-    wanted = None
-    provenance = folder / "hfport.json"
-    if provenance.is_file():
-        wanted = json.loads(provenance.read_text()).get("model_class")
-    wanted = wanted or (config.get("architectures") or [None])[0]
-    for auto_name, target in auto_map.items():
-        target = target[0] if isinstance(target, (list, tuple)) else target
-        if wanted and str(target).rsplit(".", 1)[-1] == wanted and hasattr(transformers, auto_name):
-            return getattr(transformers, auto_name)
-    if "AutoModel" in auto_map:
-        return transformers.AutoModel
-    raise ConfigError(f"{folder}/config.json has no auto_map entry for {wanted or 'the model'}",
-                      hint="convert the checkpoint again with hfport convert")
+from hfport.errors import MappingError
+from hfport.family import ConvertedFolder, get_family
 
 
-def load_converted(folder: str | Path) -> torch.nn.Module:
+def load_converted(folder: "str | Path | ConvertedFolder") -> torch.nn.Module:
     """The converted model in fp32/eval; refuses on missing, unexpected or mismatched keys (transformers only
     warns, and would initialise missing weights randomly)."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"{folder} is not a converted model folder (no config.json)")
-    auto = _auto_class(folder)
-    model, info = auto.from_pretrained(str(folder), trust_remote_code=True, dtype=torch.float32,
-                                       output_loading_info=True)
+    converted = folder if isinstance(folder, ConvertedFolder) else ConvertedFolder.open(folder, require_provenance=False)
+    folder = converted.path
+    model, info = converted.load_model(dtype=torch.float32, output_loading_info=True)
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         items = list(info.get(kind) or [])
@@ -57,20 +30,20 @@ def load_converted(folder: str | Path) -> torch.nn.Module:
 
 
 class ConvertedBackend:
-    """Trace and generation of the converted folder, through the family's `hf_trace` / `hf_generate`."""
+    """Trace and generation of the converted folder, through its family's `trace` / `generate`."""
 
     kind = "hf"
 
-    def __init__(self, folder: str | Path, family: str):
-        self.folder = Path(folder)
-        self.family = family
-        self.model = load_converted(self.folder)
-        self.module = importlib.import_module(TRACE_MODULES[family])
+    def __init__(self, folder: "str | Path | ConvertedFolder", family: Any = None):
+        self.converted = folder if isinstance(folder, ConvertedFolder) else ConvertedFolder.open(folder, require_provenance=False)
+        self.folder = self.converted.path
+        self.family = get_family(family) if isinstance(family, str) else (family or self.converted.family)
+        self.model = load_converted(self.converted)
 
     def trace(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return self.module.hf_trace(self.model, inputs)
+            return self.family.trace(self.model, inputs)
 
     def generate(self, inputs: dict[str, torch.Tensor], num_beams: int, max_len_b: int, min_len: int) -> list[list[int]]:
         with torch.no_grad():
-            return self.module.hf_generate(self.model, inputs, num_beams, max_len_b, min_len)
+            return self.family.generate(self.model, inputs, num_beams, max_len_b, min_len)

@@ -45,6 +45,28 @@ class _Placeholder:
         self.__dict__["state"] = state
 
 
+def is_meter_checkpoint(checkpoint: Any) -> bool:
+    """A METER Lightning checkpoint: a `state_dict` holding METER's module names. The one test of the family, used
+    by the converter on the loaded dict and by the recorder on a peeked one."""
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    return isinstance(state, dict) and any(
+        str(k).startswith(("cross_modal_text_layers.", "vit_model.", "text_transformer.")) for k in state)
+
+
+def looks_like(checkpoint: str) -> bool:
+    """The recorder's family test on a checkpoint file (reads its structure only; runs no pickled code)."""
+    from hfport.read.peek import peek_checkpoint
+
+    return is_meter_checkpoint(peek_checkpoint(checkpoint))
+
+
+def record_golden(checkpoint: str, meter_root: str, sets: Optional[Dict[str, Dict[str, torch.Tensor]]] = None,
+                  options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The recorder's entry point for METER (options: `text_config`, `vit`)."""
+    options = options or {}
+    return record(checkpoint, meter_root, sets, text_config=options.get("text_config"), vit=options.get("vit"))
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
