@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from hfport import __version__
+from hfport.code_trust import check_model_code, model_code_digests
 from hfport.errors import CheckpointError, ConfigError, HfportError, MappingError
 from hfport.mappings.engine import Mapping
 from hfport.read.torch_file import file_sha256, load_checkpoint
@@ -240,6 +241,7 @@ def convert_checkpoint(
             "generated": {k: "computed by hfport (the source recomputes it at load time)" for k in plan.generated},
             "notes": prepared.notes,
             "files": sorted(written + extras),
+            "code": model_code_digests(staging),  # what `verify`/`run`/`export` compare the folder's *.py against
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / "hfport.json").write_text(json.dumps(provenance, indent=2, sort_keys=False) + "\n")
@@ -256,7 +258,8 @@ def _jsonable(value):
     return repr(value)
 
 
-def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool = False) -> dict:
+def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool = False,
+                  trust_remote_code: bool = False) -> dict:
     """HF folder -> the original checkpoint format, by running the family's mapping backwards.
 
     Returns ``{"written": path, "not_restored": {key: reason}, "regenerated": [keys]}``. Everything the
@@ -273,6 +276,7 @@ def export_folder(folder: str | os.PathLike, output: str | os.PathLike, *, force
     converted = ConvertedFolder.open(folder)
     folder, family = converted.path, converted.family
     provenance = converted.provenance
+    check_model_code(folder, trust_remote_code, "export it")  # loading its config imports the folder's code
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     handles = [safe_open(str(p), framework="pt") for p in converted.weight_files]
     if not handles:

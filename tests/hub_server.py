@@ -7,7 +7,9 @@ pointing at one, so a test can prove that a refused push left the remote exactly
 
 Start one with `with FakeHub(tokens={"hf_test": "alice"}) as hub:` and point the client at `hub.url`
 (HF_ENDPOINT, HF_HUB_DISABLE_XET=1). `hub.answer_401` / `hub.answer_403` make every authenticated request fail
-like a revoked token / a token without write access.
+like a revoked token / a token without write access. Faults: `hub.stall = True` makes it accept every request
+and never answer; `hub.drop_commit_answer = "after"` applies a commit and then closes the connection without
+answering (`"before"`: closes it without applying the commit).
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in arrival order
         self.answer_401 = False
         self.answer_403 = False
+        self.stall = False
+        self.drop_commit_answer: str | None = None  # "before" / "after" applying the commit
+        self._stopped = threading.Event()
         self._upload_tickets: dict[str, tuple[str, int]] = {}
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
@@ -136,6 +141,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -202,6 +208,14 @@ class _Handler(BaseHTTPRequestHandler):
         # read the whole body first, even for requests about to be refused, so keep-alive stays in sync
         self.body = self._read_request_body()
         self.hub.requests.append((method, self.path))
+        if self.hub.stall:  # a Hub that stopped answering: hold the connection open, say nothing
+            self.hub._stopped.wait(600)
+            self.close_connection = True
+            return
+        drop = self.hub.drop_commit_answer if method == "POST" and "/commit/" in self.route else None
+        if drop == "before":
+            self.close_connection = True
+            return
         try:
             for verb, pattern, handler in ROUTES:
                 match = re.fullmatch(pattern, self.route)
@@ -216,6 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
             if err.code:
                 headers["X-Error-Code"] = err.code
             status, body = err.status, err.body
+        if drop == "after":
+            self.close_connection = True
+            return
         self._send(status, headers, body, head=method == "HEAD")
 
     def _send(self, status: int, headers: dict, body, head: bool = False) -> None:

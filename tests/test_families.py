@@ -320,15 +320,17 @@ def test_a_family_registered_by_a_test_converts_verifies_and_exports_without_sta
     assert opened.family is toy_family and opened.auto_class == "AutoModel"
     assert json.loads((folder / "hfport.json").read_text())["dropped"] == {"version": "bookkeeping"}
 
-    report = verify_folder(folder, golden=_toy_golden(weights, tmp_path / "golden.pt"))
+    # the toy family's model code lives in the test's package, not in hfport/models: hfport treats it as foreign
+    report = verify_folder(folder, golden=_toy_golden(weights, tmp_path / "golden.pt"), trust_remote_code=True)
     assert report["passed"] and report["family"] == "toy" and report["tolerance"]["atol"] == 1e-6
     assert {o["name"] for o in report["outputs"]} == {"hidden", "logits"}
 
-    broken = verify_folder(folder, golden=_toy_golden(weights, tmp_path / "bad.pt", shift=1e-3), write=False)
+    broken = verify_folder(folder, golden=_toy_golden(weights, tmp_path / "bad.pt", shift=1e-3), write=False,
+                           trust_remote_code=True)
     assert not broken["passed"] and broken["first_divergence"]["module"] == "dense"
     assert broken["first_divergence"]["what"] == "toy dense layer"
 
-    result = export_folder(folder, tmp_path / "back.bin")
+    result = export_folder(folder, tmp_path / "back.bin", trust_remote_code=True)
     back = torch.load(result["written"], weights_only=True)["toy_weights"]
     assert result["not_restored"] == {"version": "bookkeeping"}
     assert all(torch.equal(back[k], weights[k]) for k in weights if k != "version")

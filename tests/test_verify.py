@@ -164,8 +164,11 @@ def test_probes_are_deterministic_padded_and_mask_one_ofa_image():
 
 
 def _folder(tmp_path: Path, family: str, stored: str, source: str) -> Path:
+    from safetensors.torch import save_file
+
     (tmp_path / "config.json").write_text(json.dumps({"model_type": family}))
     (tmp_path / "hfport.json").write_text(json.dumps({"family": family, "stored_dtype": stored, "source_dtype": source}))
+    save_file({"w": torch.zeros(2, dtype=getattr(torch, stored))}, str(tmp_path / "model.safetensors"))
     return tmp_path
 
 
@@ -244,7 +247,7 @@ def test_cli_writes_a_schema_report_and_exits_zero(converted, tmp_path, capsys):
     out = tmp_path / "v.json"
     assert cli_main(["verify", str(folder), "--golden", str(_reference("ofa", "ofa-tiny-plain")), "--report", str(out), "--json"]) == 0
     report = json.loads(out.read_text())
-    assert set(REQUIRED_KEYS) <= set(report) and report["schema"] == "hfport.verify/1"
+    assert set(REQUIRED_KEYS) <= set(report) and report["schema"] == "hfport.verify/2"
     assert report["reference"]["kind"] == "golden" and len(report["reference"]["sha256"]) == 64
     assert json.loads(capsys.readouterr().out)["passed"] is True
 

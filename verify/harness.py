@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import torch
 
 import hfport
+from hfport.code_trust import check_model_code
 from hfport.errors import ConfigError, HfportError
 from hfport.family import ConvertedFolder, get_family
+from hfport.folder_files import model_digests
 from hfport.verify import probes
 from hfport.read.torch_file import file_sha256
 from hfport.verify.golden import Golden, check_token_ids, folder_load_errors, load_golden
@@ -53,15 +55,48 @@ def _dtype_name(value: Any) -> str | None:
     return str(value).replace("torch.", "")
 
 
+SAFETENSORS_FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on a header
+
+
+def stored_float_dtypes(folder: Path) -> dict[str, list[str]]:
+    """{dtype name: [weight files holding it]} for the floating tensors in the folder's safetensors files, read
+    from their headers (no tensor is loaded)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                if not 0 < size <= _MAX_HEADER:
+                    raise ValueError(f"header length {size}")
+                header = json.loads(handle.read(size))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: not a readable safetensors file ({err})") from None
+        dtypes = {entry.get("dtype") for key, entry in header.items() if key != "__metadata__" and isinstance(entry, dict)}
+        for code in sorted(dtypes & set(SAFETENSORS_FLOAT_DTYPES)):
+            found.setdefault(SAFETENSORS_FLOAT_DTYPES[code], []).append(path.name)
+    return found
+
+
 def tolerance_policy(folder: str | Path, family: str, atol: float | None = None, rtol: float | None = None,
                      scale_rtol: float | None = None) -> dict[str, Any]:
-    """atol/rtol/scale_rtol by how the folder stores its weights relative to the source checkpoint; overridable."""
+    """atol/rtol/scale_rtol by how the folder stores its weights relative to the source checkpoint; overridable.
+
+    The stored dtype is read from the weight files themselves (the least precise floating dtype there), never taken
+    from `hfport.json`: a folder whose record names another stored dtype than its tensors hold is refused. The
+    source dtype comes from `hfport.json`; it can only widen the tolerance for tensors really stored in 16 bits."""
     folder = Path(folder)
     provenance = _read_json(folder / "hfport.json")
-    config = _read_json(folder / "config.json")
-    stored = _dtype_name(provenance.get("stored_dtype") or config.get("dtype") or config.get("torch_dtype")) or "float32"
+    present = stored_float_dtypes(folder)
+    stored = min(present, key=lambda d: PRECISION_BITS[d]) if present else "float32"
+    claimed = _dtype_name(provenance.get("stored_dtype"))
+    if present and claimed and claimed != stored:
+        where = ", ".join(f"{dtype} in {', '.join(files[:2])}" for dtype, files in sorted(present.items()))
+        raise ConfigError(f"{folder}/hfport.json says the weights are stored as {claimed}, but the weight files "
+                          f"hold {where}", hint="the folder was changed after conversion: convert again")
     source = _dtype_name(provenance.get("source_dtype")) or stored
-    lossy = PRECISION_BITS.get(stored, 24) < PRECISION_BITS.get(source, 24)
+    # computation is fp32: a source more precise than fp32 loses nothing that fp32 compute would keep
+    lossy = PRECISION_BITS.get(stored, 24) < min(PRECISION_BITS.get(source, 24), 24)
     if lossy:
         policy = {"atol": LOSSY_ATOL.get(stored, 1e-2), "rtol": 0.0, "scale_rtol": 0.0, "policy": f"{stored}-lossy",
                   "reason": f"{source} weights stored as {stored}: rounding moves outputs by more than fp32 noise"}
@@ -125,8 +160,29 @@ def run_verification(family: Any, golden: Golden, converted: Backend, tolerance:
         divergence = next(({"name": r["name"], "set": r["set"], "layer": r["name"], "module": None,
                             "converted_module": None}
                            for r in outputs if not r["passed"]), None)
-    passed = all(r["passed"] for r in outputs) and all(g["exact"] for g in generation if g["required"])
-    return {"passed": passed, "outputs": outputs, "generation": generation, "first_divergence": divergence}
+    problems = coverage_problems(golden, family, outputs, generation)
+    passed = (not problems and all(r["passed"] for r in outputs)
+              and all(g["exact"] for g in generation if g["required"]))
+    return {"passed": passed, "outputs": outputs, "generation": generation, "first_divergence": divergence,
+            "problems": problems}
+
+
+def expected_counts(golden: Golden, family: Any) -> dict[str, int]:
+    """How many outputs and generation runs the reference holds: a passing report must have compared them all."""
+    return {"outputs": sum(len(trace) for trace in golden.traces.values()),
+            "generations": len(golden.generations) if _family(family).checks_generation else 0}
+
+
+def coverage_problems(golden: Golden, family: Any, outputs: list, generation: list) -> list[str]:
+    expected = expected_counts(golden, family)
+    problems = []
+    if not outputs:
+        problems.append("the reference holds no outputs: nothing was compared")
+    elif len(outputs) < expected["outputs"]:
+        problems.append(f"compared {len(outputs)} of the reference's {expected['outputs']} outputs")
+    if len(generation) < expected["generations"]:
+        problems.append(f"ran {len(generation)} of the reference's {expected['generations']} generation checks")
+    return problems
 
 
 def _environment() -> dict[str, str]:
@@ -195,8 +251,9 @@ def verify_folder(
     report_path: str | Path | None = None,
     write: bool = True,
     converted: Backend | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Verify a converted folder; returns the report (schema hfport.verify/1) and writes it (default
+    """Verify a converted folder; returns the report (schema hfport.verify/2) and writes it (default
     `<folder>/verification.json`). Raises HfportError on unusable inputs; a failed check is `passed: false`."""
     started = time.time()
     folder = Path(folder)
@@ -207,7 +264,9 @@ def verify_folder(
     converted_folder = ConvertedFolder.open(folder, require_provenance=False)
     folder_config = converted_folder.config
     family = converted_folder.family
+    check_model_code(folder, trust_remote_code, "verify it")
     tolerance = tolerance_policy(folder, family, atol, rtol, scale_rtol)
+    judged = model_digests(folder)  # hashed before the model is loaded: the report is bound to these bytes
 
     if golden is not None:
         if image or text or tokens:
@@ -238,6 +297,7 @@ def verify_folder(
             converted = ConvertedBackend(converted_folder)
     result = run_verification(family, reference, converted, tolerance, check_beam,
                               family.trace_variant(converted_folder.config))
+    reference_info.update(expected_counts(reference, family))
     report = {
         "schema": SCHEMA,
         "passed": result["passed"],
@@ -248,6 +308,8 @@ def verify_folder(
         "outputs": result["outputs"],
         "generation": result["generation"],
         "first_divergence": result["first_divergence"],
+        "problems": result["problems"],
+        "files": judged,
         "seconds": round(time.time() - started, 3),
         "hfport_version": hfport.__version__,
         "environment": _environment(),

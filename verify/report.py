@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "hfport.verify/1"
+# /2: the report carries `files` (sha256 of every file it judged), `problems` (coverage failures) and the
+# reference's own output / generation counts, so `push` can bind the proof to the folder it publishes.
+SCHEMA = "hfport.verify/2"
 REQUIRED_KEYS = ("schema", "passed", "family", "model", "reference", "tolerance", "outputs", "generation",
-                 "first_divergence", "seconds", "hfport_version", "environment")
+                 "first_divergence", "problems", "files", "seconds", "hfport_version", "environment")
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:
@@ -105,7 +107,7 @@ def _mark_first_divergence(rows: list[dict], divergence: Any) -> None:
 
 
 def report_markdown(report: dict) -> str:
-    """Render a `hfport.verify/1` report: a one-line verdict, an output table, generation, first divergence."""
+    """Render a `hfport.verify/2` report: a one-line verdict, an output table, generation, first divergence."""
     outputs = grouped_rows(report.get("outputs") or [])
     _mark_first_divergence(outputs, report.get("first_divergence"))
     generation = report.get("generation") or []
@@ -126,6 +128,13 @@ def report_markdown(report: dict) -> str:
     policy = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in tolerance.items())
     lines = [f"**Verification {verdict}**: {checks} compared with {against}"
              + (f", tolerance {policy}" if policy else "") + (f"; {failed} failed" if failed else "") + "."]
+    files = report.get("files")
+    if isinstance(files, dict) and files:
+        lines += ["", f"The check judged these {len(files)} files, whose sha256 `verification.json` records and "
+                      f"`hfport push` compared with the published ones: "
+                      + ", ".join(f"`{markdown_cell(name)}`" for name in sorted(files)) + "."]
+    for problem in report.get("problems") or []:
+        lines += ["", f"❌ {markdown_cell(problem)}"]
 
     if outputs:
         lines += ["", "| output | inputs | shape | max abs | mean abs | max rel | cosine | argmax agree "

@@ -13,7 +13,10 @@ from hfport.converters.pipeline import export_folder
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def command(folder: Path, output: Path, force: bool):
+@click.option("--trust-remote-code", is_flag=True,
+              help="Import the folder's Python even where it differs from the model code this hfport ships "
+                   "(refused otherwise: reading the config runs that code).")
+def command(folder: Path, output: Path, force: bool, trust_remote_code: bool):
     """Write a converted folder back as a fairseq (.pt) or Lightning (.ckpt) checkpoint.
 
     Everything the conversion carried over comes back bit-exactly; derived buffers are rebuilt where the
@@ -23,7 +26,7 @@ def command(folder: Path, output: Path, force: bool):
     Example:
       hfport export ./ofa-large-hf ofa_large.roundtrip.pt
     """
-    result = export_folder(folder, output, force=force)
+    result = export_folder(folder, output, force=force, trust_remote_code=trust_remote_code)
     click.echo(f"wrote {result['written']}")
     if result["regenerated"]:
         click.echo(f"rebuilt {len(result['regenerated'])} derived buffers: {', '.join(result['regenerated'])}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from hfport.push.model_card import human_size
-from hfport.push.publish import PushPlan, plan_push, push
+from hfport.push.publish import DEFAULT_TIMEOUT, PushPlan, plan_push, push
 
 
 def _describe(plan: PushPlan, target: str) -> str:
@@ -31,12 +31,17 @@ def _describe(plan: PushPlan, target: str) -> str:
               help="Publish without a passing verification report; the card then says so in its first lines.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Verification report to use instead of FOLDER/verification.json.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
+              metavar="SECONDS", help="Give up when the Hub sends nothing for this long on one request.")
 @click.option("--save-card", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the generated model card to this local file.")
-def command(folder, repo_id, private, create_pr, revision, message, dry_run, allow_unverified, report, save_card):
+def command(folder, repo_id, private, create_pr, revision, message, dry_run, allow_unverified, report, timeout,
+            save_card):
     """Push a converted FOLDER to the Hub as REPO_ID in one atomic commit.
 
-    Refuses a folder without a passing `hfport verify` report unless --allow-unverified. The model card
+    Refuses a folder without a passing `hfport verify` report that judged exactly these files (their sha256 must
+    match the report's) unless --allow-unverified. Uploads only regular files inside FOLDER: a symlink leading
+    out of it, or any special file, is refused by name. The model card
     (README.md) is generated into the commit: metadata, usage, the verification table and the provenance.
     The token comes from HF_TOKEN or `hf auth login`; it is never printed.
 
@@ -65,7 +70,9 @@ def command(folder, repo_id, private, create_pr, revision, message, dry_run, all
         return
     click.echo(f"pushing {len(plan.files)} files ({human_size(plan.total_size).split(' (')[0]}) to {repo_id} "
                f"({target}) in one commit", err=True)
-    result = push(plan, private=private, create_pr=create_pr, revision=revision, message=message)
+    result = push(plan, private=private, create_pr=create_pr, revision=revision, message=message, timeout=timeout)
+    if result.answer_lost:
+        click.echo("the Hub's answer to the commit was lost, but the remote holds the commit: it landed", err=True)
     if result.deleted:
         click.echo(f"removed stale weight files: {', '.join(result.deleted)}", err=True)
     if not result.changed:

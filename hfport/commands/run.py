@@ -12,12 +12,15 @@ from hfport.errors import ConfigError
 OFA_TASKS = ("caption", "vqa", "grounding", "none")
 
 
-def open_folder(folder: Path):
-    """The converted folder, checked for what `run` needs: a config, a tokenizer / processor, a known family."""
+def open_folder(folder: Path, trust_remote_code: bool = False):
+    """The converted folder, checked for what `run` needs: a config, a tokenizer / processor, a known family, and
+    model code that is this hfport's own (refused before anything is imported, unless trusted)."""
+    from hfport.code_trust import check_model_code
     from hfport.family import ConvertedFolder, families
 
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder} has no config.json: it is not a converted model folder")
+    check_model_code(folder, trust_remote_code, "run it")
     if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json",
                                                        "tokenizer_config.json")):
         raise ConfigError(
@@ -70,7 +73,10 @@ def open_image(path: str):
 @click.option("--max-length", type=click.IntRange(1), default=20, show_default=True, help="OFA: most new tokens.")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="METER: answers to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as_json):
+@click.option("--trust-remote-code", is_flag=True,
+              help="Run the folder's Python even where it differs from the model code this hfport ships "
+                   "(refused otherwise).")
+def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as_json, trust_remote_code):
     """Run a converted model on an image (and a text) and print its answer.
 
     \b
@@ -82,7 +88,7 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
     from hfport.family import RunInputs
 
     pictures = [open_image(path) for path in images]  # before the model loads: a bad image fails fast
-    converted = open_folder(folder)
+    converted = open_folder(folder, trust_remote_code)
     inputs = RunInputs(images=pictures, text=text, task=task, num_beams=1 if greedy else num_beams,
                        max_length=max_length, top_k=top_k)
     result = converted.family.run(converted, inputs)

@@ -28,10 +28,13 @@ from hfport.errors import ConfigError, VerificationFailed
               "(fp32 default 2e-6: fp32's own noise floor in deep stacks).")
 @click.option("--check-beam", is_flag=True, help="Require beam-search results to be token-exact too.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default FOLDER/verification.json).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Import the folder's Python even where it differs from the model code this hfport ships "
+                   "(refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print the Markdown report (for a model card) on stdout.")
 def command(folder, golden, against, reference_code, reference_python, bpe_dir, text_config, vit, image, text, tokens,
-            atol, rtol, scale_rtol, check_beam, report_path, as_json, as_markdown):
+            atol, rtol, scale_rtol, check_beam, report_path, trust_remote_code, as_json, as_markdown):
     """Compare a converted folder with the original model, output by output and layer by layer.
 
     Exit code 0: equivalent within tolerance; 1: it is not (the report names the first diverging layer);
@@ -59,7 +62,7 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
     report = verify_folder(folder, golden=golden, against=against, reference_code=reference_code,
                            reference_python=reference_python, bpe_dir=bpe_dir, text_config=text_config, vit=vit,
                            image=image, text=text, tokens=tokens, atol=atol, rtol=rtol, scale_rtol=scale_rtol, check_beam=check_beam,
-                           report_path=report_path)
+                           report_path=report_path, trust_remote_code=trust_remote_code)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif as_markdown:
@@ -69,4 +72,7 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
     if not report["passed"]:
         div = report.get("first_divergence")
         where = f"; first divergence: {divergence_line(div)}" if div else ""
+        problems = report.get("problems") or []
+        if problems:
+            raise VerificationFailed(f"{folder}: verification failed: {'; '.join(problems)}")
         raise VerificationFailed(f"{folder} does not match the reference within atol {report['tolerance']['atol']:g}{where}")

@@ -1,6 +1,6 @@
 """The model card pushed with a converted folder: metadata, usage, verification table, provenance.
 
-`report_markdown(report)` renders a `hfport.verify/1` report as Markdown; `build_model_card(...)`
+`report_markdown(report)` renders a `hfport.verify/2` report as Markdown; `build_model_card(...)`
 assembles the whole README.md from a converted folder's `config.json` and `hfport.json`.
 """
 
@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from hfport.family import auto_class_for  # noqa: F401  (part of this module's interface)
 from hfport.verify.report import markdown_cell, report_markdown
 
-VerificationStatus = Literal["passed", "failed", "missing"]
+VerificationStatus = Literal["passed", "failed", "missing", "unbound"]
 
 
 # -- metadata ------------------------------------------------------------------------------------------------------
@@ -71,6 +71,10 @@ def _warning(status: VerificationStatus) -> str:
         return ("> ⚠️ **UNVERIFIED conversion.** No hfport verification report was found for this model; it was "
                 "published with `--allow-unverified`. Nobody has checked that it computes what the original "
                 "checkpoint computes.\n\n")
+    if status == "unbound":
+        return ("> ⚠️ **UNVERIFIED conversion.** The verification report found with this model was made for other "
+                "files than the ones published here (or records no file hashes), so it is not shown; the model was "
+                "published with `--allow-unverified`.\n\n")
     if status == "failed":
         return ("> ⚠️ **UNVERIFIED conversion: verification FAILED.** This model's outputs did not match the "
                 "original checkpoint within tolerance (see *Verification* below); it was published with "
@@ -107,7 +111,9 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
         intro += f" from the original {source.get('format', '')} checkpoint `{source['file']}`".replace("  ", " ")
     intro += f" (`{model_class}`" + (f", task `{provenance['task']}`" if provenance.get("task") else "") + ")."
     if status == "passed":
-        intro += " Its outputs were checked against the original model; the numbers are below."
+        intro += (" `hfport verify` compared its outputs with the original model's and recorded the sha256 of every "
+                  "file it judged; `hfport push` checked that the files published here are those. The numbers are "
+                  "below.")
     body += [intro]
     if family.get("paper"):
         body += ["", f"Paper: {family['paper']}. Original code: {family['code']}."]

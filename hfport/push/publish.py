@@ -18,16 +18,16 @@ from pathlib import Path
 from hfport import __version__
 from hfport.errors import HfportError, HubError, VerificationFailed
 from hfport.family import ConvertedFolder
+from hfport.folder_files import CARD_NAME, REPORT_NAME, digest_mismatches, model_digests, regular_files
 from hfport.push.model_card import VerificationStatus, build_model_card
+from hfport.verify.report import SCHEMA as REPORT_SCHEMA
 
-REPORT_NAME = "verification.json"
 PROVENANCE_NAME = "hfport.json"
-CARD_NAME = "README.md"
+DEFAULT_TIMEOUT = 60.0  # seconds the Hub may stay silent on one request before push gives up
 # The Hub stores these through git-LFS (its default .gitattributes), and anything from 10 MiB or binary.
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.model",
                 "*.npy", "*.npz", "*.pkl", "*.pickle", "*.ot", "*.tflite", "*.zip", "*.tar", "*.gz", "*.zst")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-_SKIPPED_NAMES = ("__pycache__", "*.pyc")
 # Weight files a previous push may have left that this one does not replace: deleted in the same commit, since
 # transformers would prefer a stale `model.safetensors` over a new sharded index.
 STALE_WEIGHT_PATTERNS = ("model*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
@@ -51,6 +51,7 @@ class PushPlan:
     card: str
     status: VerificationStatus
     provenance: dict
+    digests: dict  # sha256 of every judged file, computed at planning; the upload must send these bytes
 
     @property
     def total_size(self) -> int:
@@ -66,6 +67,7 @@ class PushResult:
     revision: str
     deleted: tuple[str, ...]  # stale weight files removed by the commit
     changed: bool  # False when the Hub already held exactly these files (no commit was made)
+    answer_lost: bool = False  # the commit request got no answer, but the remote shows the commit landed
 
 
 # -- planning (local only) ---------------------------------------------------------------------------------------
@@ -79,9 +81,35 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_verification(folder: Path, report_path: Path | None, family: str | None,
-                      allow_unverified: bool) -> tuple[VerificationStatus, dict | None, Path | None]:
-    """Apply the gate: a passing `hfport.verify/1` report for this family, unless the user forces the push."""
+def report_problems(report: dict) -> list[str]:
+    """Why a report that says `passed` does not prove anything: nothing or too little compared, or a verdict its
+    own entries contradict. Empty when the report holds up."""
+    outputs = report.get("outputs") if isinstance(report.get("outputs"), list) else []
+    generation = report.get("generation") if isinstance(report.get("generation"), list) else []
+    reference = report.get("reference") if isinstance(report.get("reference"), dict) else {}
+    problems = [str(p) for p in report.get("problems") or []]
+    expected_outputs, expected_generations = reference.get("outputs"), reference.get("generations")
+    if not outputs:
+        problems.append("it compared no outputs")
+    if not isinstance(expected_outputs, int) or not isinstance(expected_generations, int):
+        problems.append("it does not say how many outputs the reference holds")
+    else:
+        if len(outputs) < expected_outputs:
+            problems.append(f"it compared {len(outputs)} of the reference's {expected_outputs} outputs")
+        if len(generation) < expected_generations:
+            problems.append(f"it ran {len(generation)} of the reference's {expected_generations} generation checks")
+    failing = [str(o.get("name")) for o in outputs if not isinstance(o, dict) or o.get("passed") is not True]
+    failing += [str(g.get("name")) for g in generation
+                if not isinstance(g, dict) or (g.get("required", True) and g.get("exact") is not True)]
+    if failing:
+        problems.append(f"its own entries fail ({', '.join(failing[:5])})")
+    return problems
+
+
+def read_verification(folder: Path, report_path: Path | None, family: str | None, allow_unverified: bool,
+                      digests: dict[str, str]) -> tuple[VerificationStatus, dict | None, Path | None]:
+    """Apply the gate: a passing `hfport.verify/2` report for this family that judged exactly the files being
+    published (same names, same sha256), unless the user forces the push."""
     path = Path(report_path) if report_path else folder / REPORT_NAME
     if not path.is_file():
         if report_path or not allow_unverified:
@@ -90,20 +118,38 @@ def read_verification(folder: Path, report_path: Path | None, family: str | None
                                    "(the model card will then say it is unverified)")
         return "missing", None, None
     report = _read_json(path, "verification report")
-    if not str(report.get("schema", "")).startswith("hfport.verify/"):
-        raise HfportError(f"{path}: not an hfport verification report (schema {report.get('schema')!r})")
+    schema = report.get("schema")
+    if not str(schema).startswith("hfport.verify/"):
+        raise HfportError(f"{path}: not an hfport verification report (schema {schema!r})")
     if family and report.get("family") and report["family"] != family:
         raise HfportError(f"{path}: the report is for a {report['family']} model, this folder holds {family}")
-    if report.get("passed") is True:
-        return "passed", report, path
+    rerun = f"run `hfport verify {folder}` again"
+    if schema != REPORT_SCHEMA or not isinstance(report.get("files"), dict) or not report["files"]:
+        why = (f"{path}: the report does not record the sha256 of the files it judged (schema {schema!r}, this "
+               f"hfport writes {REPORT_SCHEMA!r}), so it cannot vouch for this folder")
+    else:
+        mismatches = digest_mismatches(report["files"], digests)
+        problems = report_problems(report) if report.get("passed") is True else []
+        if mismatches:
+            why = (f"{path}: the report was made for other files than this folder holds: "
+                   f"{', '.join(mismatches[:6])}" + (f" and {len(mismatches) - 6} more" if len(mismatches) > 6 else ""))
+        elif problems:
+            why = f"{path}: the report says passed but proves nothing: {'; '.join(problems)}"
+        elif report.get("passed") is True:
+            return "passed", report, path
+        else:
+            failing = [o.get("name") for o in report.get("outputs") or [] if not o.get("passed")]
+            failing += [g.get("name") for g in report.get("generation") or [] if not g.get("exact")]
+            if not allow_unverified:
+                raise VerificationFailed(
+                    f"{path}: verification failed" + (f" ({', '.join(map(str, failing[:5]))})" if failing else "")
+                    + "; refusing to publish",
+                    hint="fix the conversion, or pass --allow-unverified to publish it marked as such")
+            return "failed", report, path
     if not allow_unverified:
-        failing = [o.get("name") for o in report.get("outputs") or [] if not o.get("passed")]
-        failing += [g.get("name") for g in report.get("generation") or [] if not g.get("exact")]
-        raise VerificationFailed(
-            f"{path}: verification failed" + (f" ({', '.join(map(str, failing[:5]))})" if failing else "")
-            + "; refusing to publish",
-            hint="fix the conversion, or pass --allow-unverified to publish it marked as such")
-    return "failed", report, path
+        raise VerificationFailed(why + "; refusing to publish",
+                                 hint=f"{rerun}, or pass --allow-unverified to publish it marked as unverified")
+    return "unbound", None, path
 
 
 def predicted_lfs(path: Path, size: int) -> bool:
@@ -111,18 +157,6 @@ def predicted_lfs(path: Path, size: int) -> bool:
         return True
     with open(path, "rb") as handle:
         return b"\0" in handle.read(512)
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    """Every regular file under the folder, sorted, without hidden entries and Python caches."""
-    out = []
-    for path in sorted(folder.rglob("*")):
-        parts = path.relative_to(folder).parts
-        if any(part.startswith(".") or any(fnmatch.fnmatch(part, p) for p in _SKIPPED_NAMES) for part in parts):
-            continue
-        if path.is_file():
-            out.append(path)
-    return out
 
 
 def _preprocessor_class(folder: Path) -> str | None:
@@ -139,32 +173,49 @@ def plan_push(folder: str | Path, repo_id: str, *, report_path: str | Path | Non
     folder = Path(folder)
     if not folder.is_dir():
         raise HfportError(f"{folder}: no such folder")
-    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise HfportError(f"{repo_id!r} is not a Hub repo id", hint="use NAMESPACE/NAME, e.g. my-org/ofa-large")
+    check_repo_id(repo_id)
     missing = [name for name in ("config.json", PROVENANCE_NAME) if not (folder / name).is_file()]
     if missing:
         raise HfportError(f"{folder}: not a folder written by `hfport convert` (no {' or '.join(missing)})",
                           hint="convert the checkpoint first: hfport convert CHECKPOINT FOLDER")
     converted = ConvertedFolder.open(folder)  # one-line errors for unreadable files and unknown families
     provenance, config = converted.provenance, converted.config
+    digests = model_digests(folder)  # refuses symlinks out of the folder and special files, by name
     status, report, used_report = read_verification(folder, Path(report_path) if report_path else None,
-                                                   provenance.get("family"), allow_unverified)
+                                                   provenance.get("family"), allow_unverified, digests)
 
     card = str(build_model_card(repo_id, config, provenance, report, status, _preprocessor_class(folder)))
     files = []
-    for path in _folder_files(folder):
+    for path in regular_files(folder):
         rel = path.relative_to(folder).as_posix()
-        if rel == CARD_NAME:  # replaced by the generated card
+        if rel == CARD_NAME or (rel == REPORT_NAME and status == "unbound"):  # replaced / vouches for other files
             continue
+        path = path.resolve()  # a link inside the folder: upload its target, which regular_files checked
         size = path.stat().st_size
         files.append(PlannedFile(rel, size, predicted_lfs(path, size), local_path=path))
-    if used_report is not None and used_report.resolve() != (folder / REPORT_NAME).resolve():
+    if status != "unbound" and used_report is not None and \
+            used_report.resolve() != (folder / REPORT_NAME).resolve():
         files = [f for f in files if f.path_in_repo != REPORT_NAME]
         size = used_report.stat().st_size
         files.append(PlannedFile(REPORT_NAME, size, False, local_path=used_report))
     card_bytes = card.encode("utf-8")
     files.append(PlannedFile(CARD_NAME, len(card_bytes), False, content=card_bytes))
-    return PushPlan(folder, repo_id, tuple(sorted(files, key=lambda f: f.path_in_repo)), card, status, provenance)
+    return PushPlan(folder, repo_id, tuple(sorted(files, key=lambda f: f.path_in_repo)), card, status, provenance,
+                    digests)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """NAMESPACE/NAME as the Hub accepts it (huggingface_hub's own validator), the same for --dry-run and push."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            raise HFValidationError("expected NAMESPACE/NAME")
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise HfportError(f"{repo_id!r} is not a Hub repo id ({reason})",
+                          hint="use NAMESPACE/NAME, e.g. my-org/ofa-large") from None
 
 
 # -- pushing -------------------------------------------------------------------------------------------------------
@@ -189,8 +240,9 @@ def _is_connection_error(err: BaseException) -> bool:
 class _Step:
     """What push is doing right now, so an error can say when it happened."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self.doing = "starting"
+        self.timeout = timeout
 
 
 @contextmanager
@@ -205,9 +257,13 @@ def _hub_errors(endpoint: str, repo_id: str, revision: str, token: str, step: _S
             first = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
             return first.replace(token, "***") if token else first
 
+        where = f"while {step.doing}"
+        timeout = next((e for e in _causes(err) if "Timeout" in type(e).__name__), None)
+        if timeout is not None:
+            raise HubError(f"the Hub at {endpoint} did not answer within {step.timeout:g} s {where}",
+                           hint="retry later, or raise --timeout") from None
         http = next((e for e in _causes(err) if _status_code(e) is not None), None)
         code = _status_code(http) if http is not None else None
-        where = f"while {step.doing}"
         if code == 401:
             raise HubError(f"{endpoint} rejected the token (401 Unauthorized) {where}",
                            hint="set HF_TOKEN to a valid write token or run `hf auth login`") from None
@@ -253,18 +309,69 @@ def default_commit_message(plan: PushPlan) -> str:
     return f"Upload {what}" + (f" converted from {source}" if source else "") + f" with hfport {__version__}"
 
 
+def use_timeout(seconds: float) -> None:
+    """Make every request huggingface_hub sends give up after `seconds` without an answer (its own client has no
+    timeout on most API calls). Same client otherwise: huggingface_hub's request hook, redirects followed."""
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    def factory():
+        return httpx2.Client(event_hooks={"request": [_http.hf_request_event_hook]}, follow_redirects=True,
+                             timeout=httpx2.Timeout(seconds))
+
+    _http.set_client_factory(factory)
+
+
+def check_upload_matches_plan(plan: PushPlan, operations) -> None:
+    """The bytes about to be committed are the bytes the verification report judged (a file swapped between
+    planning and upload is refused)."""
+    changed = [op.path_in_repo for op in operations if op.path_in_repo in plan.digests
+               and op.upload_info.sha256.hex() != plan.digests[op.path_in_repo]]
+    if changed:
+        raise HfportError(f"{plan.folder}: files changed while pushing: {', '.join(changed)}; nothing was committed")
+
+
+def _pull_requests(api, repo_id: str) -> set[str]:
+    refs = api.list_repo_refs(repo_id, include_pull_requests=True, repo_type="model")
+    return {r.ref for r in refs.pull_requests or []}
+
+
+def _landed(api, plan: PushPlan, operations, deletions, branch: str, before: str | None,
+            prs_before: set[str] | None):
+    """After the commit request failed without an answer: (revision, commit sha) holding exactly this commit's
+    content if the Hub applied it anyway, None when it did not."""
+    if prs_before is not None:
+        candidates = sorted(_pull_requests(api, plan.repo_id) - prs_before)
+    else:
+        head = api.repo_info(plan.repo_id, revision=branch, repo_type="model").sha
+        candidates = [branch] if head != before else []
+    for revision in candidates:
+        tree = {entry.path: entry for entry in api.list_repo_tree(plan.repo_id, revision=revision, recursive=True,
+                                                                 repo_type="model") if hasattr(entry, "blob_id")}
+        same = all(op.path_in_repo in tree and (
+            tree[op.path_in_repo].lfs.sha256 == op.upload_info.sha256.hex() if tree[op.path_in_repo].lfs
+            else tree[op.path_in_repo].blob_id == op._local_oid) for op in operations)
+        if same and not any(d.path_in_repo in tree for d in deletions):
+            sha = api.repo_info(plan.repo_id, revision=revision, repo_type="model").sha
+            return revision, sha
+    return None
+
+
 def push(plan: PushPlan, *, private: bool = False, create_pr: bool = False, revision: str | None = None,
-         message: str | None = None, endpoint: str | None = None) -> PushResult:
+         message: str | None = None, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> PushResult:
     """Publish the plan in one commit (or one pull request). Raises HubError, leaving no partial commit."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
     if create_pr and revision not in (None, "main"):
         raise HfportError("--create-pr and --revision cannot be combined: a pull request always targets main")
+    if not timeout > 0:
+        raise HfportError(f"--timeout must be a positive number of seconds, not {timeout}")
     token = resolve_token()
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     branch = revision or "main"
+    use_timeout(timeout)
     api = HfApi(endpoint=endpoint, token=token, library_name="hfport", library_version=__version__)
-    step = _Step()
+    step = _Step(timeout)
     description = f"Converted and published with hfport {__version__}; verification: {plan.status}."
     with _hub_errors(endpoint, plan.repo_id, branch, token, step):
         step.doing = f"creating {plan.repo_id}"
@@ -276,19 +383,41 @@ def push(plan: PushPlan, *, private: bool = False, create_pr: bool = False, revi
                       for f in plan.files]
         step.doing = "listing the files already there"
         planned = {f.path_in_repo for f in plan.files}
-        stale = stale_weight_files(api.list_repo_files(plan.repo_id, revision=branch, repo_type="model"), planned)
+        before = api.repo_info(plan.repo_id, revision=branch, repo_type="model").sha
+        stale = stale_weight_files(api.list_repo_files(plan.repo_id, revision=before, repo_type="model"), planned)
         deletions = [CommitOperationDelete(path) for path in stale]
         step.doing = "uploading large files"
         api.preupload_lfs_files(plan.repo_id, additions=operations, revision=branch, create_pr=create_pr,
                                 repo_type="model")
+        check_upload_matches_plan(plan, operations)
+        prs_before = _pull_requests(api, plan.repo_id) if create_pr else None
         # the preupload answer tells which files the Hub already holds unchanged (what create_commit skips)
         unchanged = all(getattr(op, "_remote_oid", None) is not None and op._remote_oid == op._local_oid
                         for op in operations)
         changed = bool(deletions) or not unchanged
         step.doing = "committing"
-        info = api.create_commit(plan.repo_id, operations + deletions,
-                                 commit_message=message or default_commit_message(plan),
-                                 commit_description=description, revision=branch, create_pr=create_pr,
-                                 repo_type="model")
+        try:
+            info = api.create_commit(plan.repo_id, operations + deletions,
+                                     commit_message=message or default_commit_message(plan),
+                                     commit_description=description, revision=branch, create_pr=create_pr,
+                                     parent_commit=before, repo_type="model")
+        except Exception as err:
+            if _status_code(next((e for e in _causes(err) if _status_code(e) is not None), err)) is not None:
+                raise  # the Hub answered: it refused
+            # no answer: the commit may still have landed; say so only after looking at the remote
+            step.doing = "checking whether the commit landed after the connection failed"
+            landed = _landed(api, plan, operations, deletions, branch, before, prs_before)
+            if landed is None:
+                cause = next((e for e in _causes(err) if _is_connection_error(e) or "Timeout" in type(e).__name__),
+                             err)
+                reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0] or type(cause).__name__
+                raise HubError(f"the commit to {endpoint} got no answer ({reason}); the remote shows no new "
+                               f"commit: nothing was published", hint="push again") from None
+            rev, sha = landed
+            pr_number = rev.rsplit("/", 1)[-1] if prs_before is not None else None
+            return PushResult(repo_url=str(repo_url), commit_url=f"{endpoint}/{plan.repo_id}/commit/{sha}",
+                              commit_oid=sha, pr_url=f"{endpoint}/{plan.repo_id}/discussions/{pr_number}"
+                              if pr_number else None, revision=rev, deleted=stale, changed=True,
+                              answer_lost=True)
     return PushResult(repo_url=str(repo_url), commit_url=info.commit_url, commit_oid=info.oid, pr_url=info.pr_url,
                       revision=info.pr_revision or branch, deleted=stale, changed=changed)
