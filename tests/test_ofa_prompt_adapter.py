@@ -219,8 +219,8 @@ def golden_converted(tmp_path_factory):
 
 
 def test_prefix_tuning_on_each_side_and_adapters_have_upstream_goldens():
-    # prefix-both-projection and adapter-prefix-both are in the generator but were not recorded yet (see README)
-    assert {"prefix-encoder", "prefix-decoder", "prefix-both", "adapter"} <= set(GOLDEN_VARIANTS)
+    assert {"prefix-encoder", "prefix-decoder", "prefix-both", "prefix-both-projection", "adapter",
+            "adapter-prefix-both"} <= set(GOLDEN_VARIANTS)
 
 
 @pytest.mark.parametrize("name", GOLDEN_VARIANTS)

@@ -106,7 +106,16 @@ def test_nan_and_shape_mismatch_fail():
     ("nlvr2_logits", "nlvr2_classifier (NLVR2 head)"),
 ])
 def test_trace_names_read_as_the_modules_that_computed_them(name, human):
-    assert human_name(name) == human
+    assert human_name(name, None, _family_of(name)) == human
+
+
+def _family_of(name: str):
+    """Families share trace names (OFA and the fairseq translation model both have encoder_hidden_states): the
+    harness always names the folder's family; these cases are OFA's or METER's by their names."""
+    from hfport.family import get_family
+
+    ofa = name.startswith(("encoder_", "decoder_")) or name == "logits"
+    return get_family("ofa" if ofa else "meter")
 
 
 @pytest.mark.parametrize("name, vision, module, converted_module", [
@@ -119,17 +128,24 @@ def test_trace_names_read_as_the_modules_that_computed_them(name, human):
     ("vqa_logits", "clip", "vqa_classifier", "vqa_classifier"),
 ])
 def test_each_tower_names_its_layer_i_by_the_parameter_prefix_of_layer_i(name, vision, module, converted_module):
-    described = describe(name, vision)
+    described = describe(name, vision, _family_of(name))
     assert (described["module"], described["converted_module"]) == (module, converted_module)
 
 
 def test_first_divergence_is_earliest_in_computation_order_not_in_result_order():
     order = ["encoder_hidden_states.0", "encoder_hidden_states.1", "decoder_inner_states.0", "decoder_inner_states.1", "logits"]
     results = [{"name": n, "set": "inputs", "passed": n not in ("logits", "decoder_inner_states.1")} for n in reversed(order)]
-    div = first_divergence(results, order)
+    div = first_divergence(results, order, None, _family_of("logits"))
     assert div["name"] == "decoder_inner_states.1" and div["layer"] == "decoder.layers.0 (output of decoder layer 0)"
     assert div["module"] == div["converted_module"] == "decoder.layers.0"
-    assert first_divergence([{"name": "logits", "set": "inputs", "passed": True}], order) is None
+    assert first_divergence([{"name": "logits", "set": "inputs", "passed": True}], order, None, _family_of("logits")) is None
+
+
+def test_a_translation_folder_names_its_layers_by_its_own_modules_not_ofas():
+    from hfport.family import get_family
+
+    described = describe("decoder_inner_states.2", None, get_family("fairseq_translation"))
+    assert (described["module"], described["converted_module"]) == ("decoder.layers.1", "model.decoder.layers.1")
 
 
 # ---- golden files ----

@@ -64,8 +64,8 @@ def describe(name: str, variant: str | None = None, family=None) -> dict[str, An
     return {"layer": line, "what": what, "module": module, "converted_module": converted_module}
 
 
-def human_name(name: str, variant: str | None = None) -> str:
-    return describe(name, variant)["layer"]
+def human_name(name: str, variant: str | None = None, family=None) -> str:
+    return describe(name, variant, family)["layer"]
 
 
 def first_divergence(results: list[dict[str, Any]], order: list[str], variant: str | None = None,
