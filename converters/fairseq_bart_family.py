@@ -6,6 +6,7 @@ transformer."""
 from __future__ import annotations
 
 from hfport.converters import fairseq_bart as fb
+from hfport.converters import fairseq_translation as ft
 from hfport.converters.fairseq_translation_family import FairseqTranslationFamily
 from hfport.family import register_family
 
@@ -13,6 +14,7 @@ from hfport.family import register_family
 class FairseqBartFamily(FairseqTranslationFamily):
     name = "fairseq_bart"
     title = "fairseq BART"
+    converter = fb
     state_key = fb.STATE_KEY
     mapping = fb.MAPPING
     regenerated = fb.REGENERATED
@@ -28,23 +30,8 @@ class FairseqBartFamily(FairseqTranslationFamily):
     auto_classes = {"BartForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "text2text-generation"),)
 
-    def detect(self, checkpoint):
-        return fb.matches(checkpoint)
-
-    def prepare(self, checkpoint, path, **options):
-        return fb.prepare(checkpoint, path, **options)
-
-    def describe(self, checkpoint):
-        return fb.describe(checkpoint)
-
-    def export_flags(self, config):
-        return {}
-
-    def generator(self, config):
-        return fb.generator(config)
-
-    def original_checkpoint(self, config, state, provenance):
-        return fb.original_checkpoint(config, state, provenance)
+    def regenerator(self, config):  # fairseq's bookkeeping buffers are the translation model's
+        return ft.regenerator(config)
 
 
 register_family(FairseqBartFamily())

@@ -15,6 +15,7 @@ class FairseqTranslationFamily(BaseFamily):
     name = "fairseq_translation"
     title = "fairseq translation transformer"
     model_types = ()  # stock fsmt / m2m_100 folders are not claimed without hfport.json
+    converter = ft  # detect, prepare, describe, export (BaseFamily forwards to it)
     state_key = ft.STATE_KEY
     mapping = ft.MAPPING
     regenerated = ft.REGENERATED
@@ -33,27 +34,6 @@ class FairseqTranslationFamily(BaseFamily):
     auto_classes = {"FSMTForConditionalGeneration": "AutoModelForSeq2SeqLM",
                     "M2M100ForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "translation"),)
-
-    def detect(self, checkpoint):
-        return ft.matches(checkpoint)
-
-    def prepare(self, checkpoint, path, **options):
-        return ft.prepare(checkpoint, path, **options)
-
-    def describe(self, checkpoint):
-        return ft.describe(checkpoint)
-
-    def export_flags(self, config):
-        return ft.export_flags(config)
-
-    def regenerator(self, config):
-        return ft.regenerator(config)
-
-    def generator(self, config):
-        return ft.generator(config)
-
-    def original_checkpoint(self, config, state, provenance):
-        return ft.original_checkpoint(config, state, provenance)
 
     # -- verification: golden files only (the live reference needs the task's data folder) -----------------------
     def probes(self, folder, seed):

@@ -13,6 +13,7 @@ class MeterFamily(BaseFamily):
     name = "meter"
     title = "METER (Lightning)"
     model_types = ("meter",)
+    converter = meter  # detect, prepare, describe, export (BaseFamily forwards to it)
     state_key = meter.STATE_KEY
     mapping = meter.MAPPING
     regenerated = meter.REGENERATED
@@ -39,25 +40,6 @@ class MeterFamily(BaseFamily):
         (("fill-mask", "maskedlm"), "fill-mask"),
         ((), "feature-extraction"),  # pre-trained METER (MLM + ITM heads)
     )
-
-    # -- conversion and export ---------------------------------------------------------------------------------
-    def detect(self, checkpoint):
-        return meter.matches(checkpoint)
-
-    def prepare(self, checkpoint, path, **options):
-        return meter.prepare(checkpoint, path, **options)
-
-    def describe(self, checkpoint):
-        return meter.describe(checkpoint)
-
-    def export_flags(self, config):
-        return meter.export_flags(config)
-
-    def regenerator(self, config):
-        return meter.regenerator(config)
-
-    def original_checkpoint(self, config, state, provenance):
-        return meter.original_checkpoint(config, state, provenance)
 
     # -- verification ------------------------------------------------------------------------------------------
     def probes(self, folder, seed):

@@ -14,6 +14,7 @@ class OFAFamily(BaseFamily):
     name = "ofa"
     title = "OFA (fairseq)"
     model_types = ("ofa",)
+    converter = ofa  # detect, prepare, describe, export (BaseFamily forwards to it)
     state_key = ofa.STATE_KEY
     mapping = ofa.MAPPING
     regenerated = ofa.REGENERATED
@@ -41,25 +42,6 @@ class OFAFamily(BaseFamily):
         (("gigaword", "summar"), "summarization"),
         ((), "image-to-text"),  # pre-trained OFA: image + instruction in, text out
     )
-
-    # -- conversion and export ---------------------------------------------------------------------------------
-    def detect(self, checkpoint):
-        return ofa.matches(checkpoint)
-
-    def prepare(self, checkpoint, path, **options):
-        return ofa.prepare(checkpoint, path, **options)
-
-    def describe(self, checkpoint):
-        return ofa.describe(checkpoint)
-
-    def export_flags(self, config):
-        return ofa.export_flags(config)
-
-    def regenerator(self, config):
-        return ofa.regenerator(config)
-
-    def original_checkpoint(self, config, state, provenance):
-        return ofa.original_checkpoint(config, state, provenance)
 
     # -- verification ------------------------------------------------------------------------------------------
     def probes(self, folder, seed):

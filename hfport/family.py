@@ -174,11 +174,33 @@ class BaseFamily:
         """A structural variant of the folder that changes module names in `describe_trace` (None: one naming)."""
         return None
 
+    # The conversion half forwards to the family's converter module (``matches``, ``prepare``, ``describe``,
+    # ``original_checkpoint``, and where it has them ``export_flags``, ``regenerator``, ``generator``).
+    converter: Any = None
+
+    def detect(self, checkpoint: dict) -> bool:
+        return self.converter.matches(checkpoint)
+
+    def prepare(self, checkpoint: dict, path, **options):
+        return self.converter.prepare(checkpoint, path, **options)
+
+    def describe(self, checkpoint: dict) -> dict:
+        return self.converter.describe(checkpoint)
+
+    def original_checkpoint(self, config, state, provenance):
+        return self.converter.original_checkpoint(config, state, provenance)
+
     def export_flags(self, config) -> Dict[str, bool]:
-        return {}
+        made = getattr(self.converter, "export_flags", None)
+        return made(config) if made else {}
 
     def regenerator(self, config):
-        return None
+        made = getattr(self.converter, "regenerator", None)
+        return made(config) if made else None
+
+    def generator(self, config):
+        made = getattr(self.converter, "generator", None)
+        return made(config) if made else None
 
     def run(self, folder: "ConvertedFolder", inputs: RunInputs) -> dict:
         raise ConfigError("hfport run does not know how to run {} models".format(self.title))
