@@ -3,7 +3,8 @@
 Valid tiny checkpoints are mutated (byte flips, truncation, appended junk, pickle opcode edits, members
 swapped for planted code) and read back. Whatever happens, only hfport's typed errors may escape, a failed
 conversion leaves nothing at its output, and planted pickle code never runs. HFPORT_FUZZ_SECONDS (default 20)
-bounds the run; HFPORT_FUZZ_SEED picks the sequence (printed on failure to replay it).
+bounds the run, HFPORT_FUZZ_MUTANTS (default 600) caps it so that every machine replays the same prefix of the
+sequence (CI stays reproducible); HFPORT_FUZZ_SEED picks the sequence (printed on failure to replay it).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _mutate(data: bytes, path: Path, rng: random.Random, sentinel: Path) -> tupl
 def test_mutated_checkpoints_only_ever_raise_typed_errors_and_run_no_code(tmp_path, shared_root):
     seconds = float(os.environ.get("HFPORT_FUZZ_SECONDS", "20"))
     seed = int(os.environ.get("HFPORT_FUZZ_SEED", "1234"))
+    cap = int(os.environ.get("HFPORT_FUZZ_MUTANTS", "600"))
     rng = random.Random(seed)
     builder = Builder(tmp_path, shared_root, tmp_path / "work")
     seeds = _seeds(tmp_path, builder)
@@ -96,7 +98,7 @@ def test_mutated_checkpoints_only_ever_raise_typed_errors_and_run_no_code(tmp_pa
     out = tmp_path / "out"
     deadline = time.monotonic() + seconds
     tried = refused = loaded = converted = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and tried < cap:
         source = rng.choice(seeds)
         kind, data = _mutate(originals[source], source, rng, sentinel)
         mutant.write_bytes(data)

@@ -102,3 +102,60 @@ def test_lightning_attribute_dict_hparams_load_as_a_plain_dict_without_lightning
     checkpoint = load_checkpoint(tmp_path / "pl.ckpt")
     assert isinstance(checkpoint["hyper_parameters"], dict)
     assert checkpoint["hyper_parameters"]["config"] == {"num_heads": 12}
+
+
+def test_an_archive_member_with_an_unknown_compression_method_is_one_checkpoint_error(tmp_path):
+    """Found by the reader fuzz: a flipped byte in the central directory's method field made zipfile raise
+    NotImplementedError (an internal error) instead of a refusal."""
+    import struct
+
+    from hfport.read.torch_file import file_sha256
+
+    path = tmp_path / "method.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")  # the first central-directory entry; its method is at offset 10
+    assert central > 0
+    data[central + 10:central + 12] = struct.pack("<H", 99)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="unknown compression method"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        file_sha256(path)
+
+
+def test_an_end_record_claiming_several_disks_is_one_checkpoint_error(tmp_path):
+    """Found by the reader fuzz: zipfile.is_zipfile itself raised BadZipFile on a multi-disk end record."""
+    import struct
+
+    from hfport.read.torch_file import file_sha256
+
+    path = tmp_path / "disks.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")  # end of central directory; "number of this disk" at offset 4
+    data[end + 4:end + 6] = struct.pack("<H", 1)
+    locator = data.rfind(b"PK\x06\x07")  # zip64 locator (torch writes zip64): "total disks" at offset 16
+    if locator > 0:
+        data[locator + 16:locator + 20] = struct.pack("<I", 2)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    try:  # hashing the damaged archive either hashes it or refuses it, never an internal error
+        file_sha256(path)
+    except CheckpointError:
+        pass
+
+
+def test_an_archive_member_needing_an_unknown_zip_version_is_one_checkpoint_error(tmp_path):
+    """Found by the reader fuzz: 'version needed to extract' past what zipfile knows raised NotImplementedError."""
+    import struct
+
+    path = tmp_path / "version.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")  # "version needed to extract" at offset 6 of a central-directory entry
+    data[central + 6:central + 8] = struct.pack("<H", 128)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)

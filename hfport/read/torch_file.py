@@ -69,7 +69,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
     if size == 0:
         raise CheckpointError(f"{path}: file is empty")
 
-    is_zip = zipfile.is_zipfile(path)
+    is_zip = _is_zip(path)
     head = _head(path)
     if not is_zip and head.startswith(b"PK\x03\x04"):
         raise CheckpointError(f"{path}: truncated or corrupt torch zip archive (incomplete download?)")
@@ -138,6 +138,21 @@ def check_regular_file(path: Path, expected: str) -> None:
         raise CheckpointError(f"{path}: not a regular file (a pipe or device?), expected {expected}")
 
 
+# what Python's zipfile raises on a damaged archive (NotImplementedError: an unknown method or "zip file version")
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, struct.error, NotImplementedError)
+
+
+def _is_zip(path: Path) -> bool:
+    """zipfile.is_zipfile, except that an end record it cannot accept (a multi-disk claim, say) means "no"."""
+    try:
+        return zipfile.is_zipfile(path)
+    except ZIP_ERRORS:
+        return False
+
+
+_KNOWN_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def check_archive_sizes(path: Path) -> None:
     """Refuse archives whose members would inflate far beyond the file, before anything is inflated.
 
@@ -146,9 +161,12 @@ def check_archive_sizes(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
+    except ZIP_ERRORS as err:
         raise CheckpointError(f"{path}: truncated or corrupt torch zip archive ({_first_line(str(err))})") from None
     for info in members:
+        if info.compress_type not in _KNOWN_COMPRESSION:  # zipfile would raise NotImplementedError later
+            raise CheckpointError(f"{path}: corrupt archive: member {info.filename!r} names an unknown compression "
+                                  f"method ({info.compress_type})")
         if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
             raise CheckpointError(f"{path}: corrupt archive: member {info.filename!r} states two sizes")
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATED_MEMBER:
@@ -163,7 +181,7 @@ def _data_pkl(path: Path) -> bytes | None:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
             return archive.read(name) if name else None
-    except (zipfile.BadZipFile, OSError, ValueError, zlib.error, EOFError):
+    except ZIP_ERRORS:
         return None
 
 
@@ -185,7 +203,7 @@ def _unsafe_global_named(path: Path, message: str) -> str | None:
     name = _describe_global(message)
     if name:
         return name
-    data = _data_pkl(path) if zipfile.is_zipfile(path) else path.read_bytes()[: 1 << 20]
+    data = _data_pkl(path) if _is_zip(path) else path.read_bytes()[: 1 << 20]
     if not data:
         return None
     allowed = _allowed_names()
@@ -283,7 +301,7 @@ def _check_crc(path: Path, member: tuple[int, int, str, int], crc: int) -> None:
 def _member_ranges(path: Path) -> list[tuple[int, int, str, int]]:
     """(start, stop, name, crc) of every stored member's bytes, in file order; compressed members are
     checked here directly (they are small: see check_archive_sizes)."""
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         return []
     ranges = []
     try:
@@ -302,6 +320,6 @@ def _member_ranges(path: Path) -> list[tuple[int, int, str, int]]:
                 ranges.append((start, start + info.compress_size, info.filename, info.CRC))
     except zipfile.BadZipFile as err:
         raise CheckpointError(f"{path}: corrupted: {_first_line(str(err))}") from None
-    except (OSError, ValueError, zlib.error) as err:
+    except ZIP_ERRORS as err:
         raise CheckpointError(f"{path}: corrupt torch zip archive ({_first_line(str(err))})") from None
     return sorted(ranges)
