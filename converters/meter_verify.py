@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hfport.verify.compare import compare_tensors
+from hfport.verify.compare import compare_tensors, missing_from_trace
 from hfport.verify.golden import Golden, add_to_trace
 from hfport.verify.probes import PROBE_SEED, _first, meter_probes
 
@@ -122,8 +122,7 @@ def compare_set(set_name: str, inputs: dict, reference: dict, converted: dict, g
     for name, ref in reference.items():
         got = converted.get(name)
         if got is None:
-            results.append({"name": name, "set": set_name, "shape": list(ref.shape), "atol": atol, "passed": False,
-                            "error": "missing from the converted model's trace"})
+            results.append(missing_from_trace(name, set_name, ref, atol))
             continue
         got = got.detach().cpu()
         result = compare_tensors(name, set_name, ref, got, atol, rtol, scale_rtol=scale_rtol)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from hfport.errors import CheckpointError
-from hfport.verify.compare import compare_tensors
+from hfport.verify.compare import compare_tensors, missing_from_trace
 from hfport.verify.golden import Generation, Golden, add_to_trace
 from hfport.verify.probes import PROBE_SEED, _first, ofa_inputs_from_tokens, ofa_probes
 
@@ -97,8 +97,7 @@ def compare_set(set_name: str, inputs: dict, reference: dict, converted: dict, g
     for name, ref in reference.items():
         got = converted.get(name)
         if got is None:
-            results.append({"name": name, "set": set_name, "shape": list(ref.shape), "atol": atol, "passed": False,
-                            "error": "missing from the converted model's trace"})
+            results.append(missing_from_trace(name, set_name, ref, atol))
             continue
         got = got.detach().cpu()
         mask = None

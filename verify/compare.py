@@ -50,6 +50,12 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def missing_from_trace(name: str, set_name: str, ref: torch.Tensor, atol: float) -> dict[str, Any]:
+    """The failed result of a reference entry the converted model's trace does not have."""
+    return {"name": name, "set": set_name, "shape": list(ref.shape), "atol": atol, "passed": False,
+            "error": "missing from the converted model's trace"}
+
+
 def compare_exact(name: str, set_name: str, ref: torch.Tensor, got: torch.Tensor) -> dict[str, Any]:
     """Boolean / integer tensors (e.g. `encoder_padding_mask`): every element must be equal."""
     result: dict[str, Any] = {"name": name, "set": set_name, "shape": list(ref.shape), "exact": True}
