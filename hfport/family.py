@@ -63,6 +63,8 @@ except ImportError:  # pragma: no cover
 BUILTIN_FAMILIES: Dict[str, Tuple[str, Optional[str]]] = {
     # fairseq's own archs first: OFA's test accepts any fairseq file, this one only the transformer archs
     "fairseq_translation": ("hfport.converters.fairseq_translation_family", "hfport.verify.backends.fairseq_native"),
+    "fairseq_mbart": ("hfport.converters.fairseq_mbart_family", "hfport.verify.backends.fairseq_mbart_native"),
+    "fairseq_bart_cls": ("hfport.converters.fairseq_bart_cls_family", "hfport.verify.backends.fairseq_bart_cls_native"),
     "fairseq_bart": ("hfport.converters.fairseq_bart_family", "hfport.verify.backends.fairseq_native"),
     "ofa": ("hfport.converters.ofa_family", "hfport.verify.backends.fairseq_ofa"),
     "meter": ("hfport.converters.meter_family", "hfport.verify.backends.meter_live"),
