@@ -75,9 +75,13 @@ def test_fairseq_mbart_becomes_stock_mbart_that_loads_without_hfport_with_nothin
     assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
 
 
-def test_converted_mbart_matches_fairseq_logits_every_layer_and_greedy_and_beam_tokens(mbart_folder):
-    report = verify_folder(mbart_folder, golden=MBART / "golden.pt", check_beam=True, write=False)
-    assert report["passed"], json.dumps(report["outputs"][:3], default=str)[:2000]
+def test_hfport_verify_passes_mbart_against_fairseqs_logits_every_layer_and_greedy_and_beam_tokens(mbart_folder,
+                                                                                                     tmp_path):
+    result = run_cli(["verify", mbart_folder, "--golden", MBART / "golden.pt", "--check-beam", "--report",
+                      tmp_path / "report.json"], tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and report["reference"]["outputs"] == len(report["outputs"]) == 8
     assert max(r["max_abs"] for r in report["outputs"] if r["name"] == "logits") <= 1e-5
     runs = {g["name"]: g for g in report["generation"]}
     assert runs["greedy"]["exact"] and runs["beam4"]["exact"] and runs["beam4"]["required"]
