@@ -61,9 +61,11 @@ def _fields(data: bytes):
 
 
 def read_sentencepiece_model(path: Path) -> SentencePieceModel:
+    import struct
+
     try:
         return _parse(Path(path).read_bytes())
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, struct.error) as err:
         raise ConfigError(f"{path}: not a SentencePiece model file ({err})") from None
 
 

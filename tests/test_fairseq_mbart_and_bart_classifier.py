@@ -151,6 +151,13 @@ def test_an_mbart_dictionary_missing_a_sentencepiece_piece_is_refused_before_wri
     assert not (tmp_path / "out").exists()
 
 
+def test_a_damaged_sentencepiece_model_is_refused_in_one_line_before_writing(tmp_path):
+    (tmp_path / "sentence.bpe.model").write_bytes((MBART / "sentence.bpe.model").read_bytes()[:777])
+    with pytest.raises(ConfigError, match="not a SentencePiece model file"):
+        convert_checkpoint(MBART / "checkpoint.pt", tmp_path / "out", bpe_dir=tmp_path, dictionary=MBART / "dict.txt")
+    assert not (tmp_path / "out").exists()
+
+
 # -- BART classifier -------------------------------------------------------------------------------------------------
 
 def test_fairseq_bart_classifier_becomes_stock_bart_for_sequence_classification_with_nothing_missing(cls_folder,
@@ -209,11 +216,11 @@ def two_heads(tmp_path) -> Path:
 
 
 def test_two_classification_heads_without_head_are_refused_in_one_line_naming_both(two_heads, tmp_path):
-    result = run_cli(["convert", two_heads, tmp_path / "out", "--quiet"], tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "mnli" in lines[0] and "--head" in lines[0]
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError) as refused:  # a ConfigError is the CLI's one `error:` line
+        convert_checkpoint(two_heads, tmp_path / "out")
+    message = str(refused.value)
+    assert "\n" not in message and "mnli" in message and "sentence_classification_head" in message
+    assert "--head" in message and not (tmp_path / "out").exists()
 
 
 def test_head_picks_one_of_several_and_drops_the_others_with_the_reason(two_heads, tmp_path):
