@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,8 @@ def _golden(case: str, kind: str) -> dict:
     return torch.load(DATA / case / KINDS[kind][1], map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_roberta_and_xlmr_become_stock_masked_lm_classes_that_load_without_hfport_with_nothing_missing(
-        converted, case, tmp_path):
+def test_xlmr_becomes_a_stock_masked_lm_class_that_loads_without_hfport_with_nothing_missing(converted, tmp_path):
+    case = "xlmr_spm"  # RoBERTa's folders load in-process in the verification test (a fresh process costs seconds)
     folder = converted(case, "mlm")
     assert "auto_map" not in json.loads((folder / "config.json").read_text())
     info = load_in_fresh_process(folder, "AutoModelForMaskedLM", tmp_path)
@@ -221,7 +221,7 @@ def test_a_dictionary_missing_a_sentencepiece_piece_is_refused_naming_it_before_
     (tmp_path / "dict.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "spm").mkdir()
     (tmp_path / "spm" / "sentencepiece.bpe.model").write_bytes((DATA / "xlmr_spm" / "sentencepiece.bpe.model").read_bytes())
-    with pytest.raises(ConfigError, match=f"lacks 1 of .*{piece}"):
+    with pytest.raises(ConfigError, match=f"lacks 1 of .*{re.escape(piece)}"):
         convert_checkpoint(DATA / "xlmr_spm" / "pretrain.pt", tmp_path / "out", bpe_dir=tmp_path / "spm",
                            dictionary=tmp_path / "dict.txt")
     assert not (tmp_path / "out").exists()
