@@ -133,6 +133,20 @@ def test_class_names_are_the_label_dictionary_in_fairseqs_class_order(converted,
     assert config["id2label"]["0"] == "1"  # the more frequent label came first in this corpus: not "0"
 
 
+def test_left_padded_rows_match_fairseq_too_because_both_number_positions_over_non_pad_tokens(converted):
+    from transformers import AutoModelForMaskedLM
+
+    golden = _golden("roberta_gpt2", "mlm")
+    model = AutoModelForMaskedLM.from_pretrained(converted("roberta_gpt2", "mlm")).eval()
+    row = golden["inputs"]["src_tokens"][1]
+    real = row[row.ne(1)]
+    left = torch.cat([torch.ones(row.numel() - real.numel(), dtype=torch.long), real]).unsqueeze(0)
+    with torch.no_grad():
+        logits = model(input_ids=left, attention_mask=left.ne(1)).logits[0, -real.numel():]
+    assert row.numel() - real.numel() >= 3
+    assert (logits - golden["outputs"]["logits"][1, :real.numel()]).abs().max() <= 1e-5
+
+
 def test_the_zero_token_type_row_leaves_the_computation_unchanged(converted):
     from transformers import AutoModelForMaskedLM
 
