@@ -239,3 +239,12 @@ def test_a_dictionary_missing_a_sentencepiece_piece_is_refused_naming_it_before_
         convert_checkpoint(DATA / "xlmr_spm" / "pretrain.pt", tmp_path / "out", bpe_dir=tmp_path / "spm",
                            dictionary=tmp_path / "dict.txt")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_legacy_args_only_xlmr_file_is_found_by_arch_and_becomes_xlmr_by_its_bpe_setting(tmp_path):
+    checkpoint = _load(DATA / "xlmr_spm" / "pretrain.pt")
+    assert checkpoint["cfg"]["model"].arch == "xlm" and checkpoint["cfg"]["model"].bpe == "sentencepiece"
+    torch.save({"args": checkpoint["cfg"]["model"], "model": checkpoint["model"]}, tmp_path / "legacy.pt")
+    folder = convert_checkpoint(tmp_path / "legacy.pt", tmp_path / "out")
+    provenance = json.loads((folder / "hfport.json").read_text())
+    assert provenance["family"] == "fairseq_roberta" and provenance["model_class"] == "XLMRobertaForMaskedLM"
