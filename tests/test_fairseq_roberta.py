@@ -14,7 +14,7 @@ import torch
 from hfport.converters.pipeline import convert_checkpoint, export_folder
 from hfport.errors import ConfigError
 from hfport.verify.harness import verify_folder
-from tests.helpers import load_in_fresh_process, run_cli
+from tests.helpers import load_in_fresh_process
 
 DATA = Path(__file__).parent / "data" / "fairseq"
 CASES = {"roberta_gpt2": "Roberta", "xlmr_spm": "XLMRoberta"}
@@ -194,10 +194,13 @@ def _two_heads(tmp_path: Path) -> Path:
     return tmp_path / "two_heads.pt"
 
 
-def test_several_classification_heads_without_head_are_refused_in_one_line_and_nothing_is_written(tmp_path):
-    result = run_cli(["convert", _two_heads(tmp_path), tmp_path / "out"], tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+def test_several_classification_heads_without_head_are_refused_in_one_line_and_nothing_is_written(tmp_path, capsys):
+    from hfport.cli import main
+
+    code = main(["convert", str(_two_heads(tmp_path)), str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "mnli, topic" in errors[0] and "--head" in errors[0]
     assert not (tmp_path / "out").exists()
 
@@ -215,9 +218,11 @@ def test_head_chooses_one_of_several_and_the_other_is_dropped_with_the_reason(co
 
 def test_hfport_verify_with_the_golden_passes_from_the_command_line(converted, tmp_path):
     folder = converted("xlmr_spm", "cls")
-    result = run_cli(["verify", folder, "--golden", DATA / "xlmr_spm" / "golden_cls.pt",
-                      "--report", tmp_path / "report.json"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    from hfport.cli import main
+
+    code = main(["verify", str(folder), "--golden", str(DATA / "xlmr_spm" / "golden_cls.pt"),
+                 "--report", str(tmp_path / "report.json")])
+    assert code == 0
     assert json.loads((tmp_path / "report.json").read_text())["passed"] is True
 
 
