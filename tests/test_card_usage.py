@@ -83,10 +83,26 @@ def meter_folder(tmp_path_factory, shared_root) -> Path:
                               tokenizer=str(DATA / "meter_tokenizers" / "tiny-bert-uncased"))
 
 
+FAIRSEQ = DATA / "fairseq"
+
+
 @pytest.fixture(scope="module")
-def printed(ofa_folder, meter_folder, tmp_path_factory):
+def fairseq_folders(tmp_path_factory) -> dict[str, Path]:
+    from hfport.converters import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("card_fairseq")
+    bart = FAIRSEQ / "bart_translation"
+    return {"translation": convert_checkpoint(FAIRSEQ / "translation_postnorm_tied" / "checkpoint.pt",
+                                              root / "translation"),
+            "bart": convert_checkpoint(bart / "checkpoint.pt", root / "bart", bpe_dir=bart,
+                                       dictionary=bart / "dict.de.txt")}
+
+
+@pytest.fixture(scope="module")
+def printed(ofa_folder, meter_folder, fairseq_folders, tmp_path_factory):
     """What each card's snippet printed, run from the rendered cards."""
-    cards = {"ofa": (_card(ofa_folder), ofa_folder), "meter": (_card(meter_folder), meter_folder)}
+    cards = {"ofa": (_card(ofa_folder), ofa_folder), "meter": (_card(meter_folder), meter_folder),
+             **{name: (_card(folder), folder) for name, folder in fairseq_folders.items()}}
     return {"cards": cards, **_run_snippets(cards, tmp_path_factory.mktemp("snippets"))}
 
 
@@ -108,8 +124,28 @@ def test_the_meter_vqa_card_snippet_prints_the_answers_hfport_run_prints(printed
     assert len(printed["meter"]) == 5
 
 
-def test_a_fairseq_translation_card_snippet_generates_with_stock_classes(tmp_path):
-    from hfport.converters.usage_snippets import fairseq_seq2seq
+def test_the_translation_card_snippet_generates_fairseqs_beam_with_stock_classes(printed, fairseq_folders):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
 
-    code = fairseq_seq2seq("org/model", "AutoModelForSeq2SeqLM", has_tokenizer=False)
-    assert "trust_remote_code" not in code and "model.generate(" in code
+    card = printed["cards"]["translation"][0]
+    assert "trust_remote_code" not in _python_block(card) and "no remote code" in card
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(fairseq_folders["translation"])).eval()
+    with torch.no_grad():
+        expected = model.generate(input_ids=torch.tensor([[4, 5, 6, 2]]), num_beams=5, max_new_tokens=20)
+    assert printed["translation"] == [str(expected[0].tolist())]
+
+
+def test_the_bart_card_snippet_tokenizes_generates_and_decodes(printed, fairseq_folders):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder = str(fairseq_folders["bart"])
+    assert "tokenizer.decode(" in _python_block(printed["cards"]["bart"][0])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    inputs = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.generate(**inputs, num_beams=5, max_new_tokens=20)
+    assert "\n".join(printed["bart"]) == tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+    assert len(tokens[0]) > 2  # it generated something, not only the start and end tokens

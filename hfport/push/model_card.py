@@ -100,6 +100,8 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
     mapping = provenance.get("mapping") or {}
     model_class = provenance.get("model_class") or next(iter(config.get("architectures") or []), None)
     auto_class = auto_class_for(config, model_class)
+    if not config.get("auto_map") and known is not None:  # a stock class: the family knows its Auto class
+        auto_class = (getattr(known, "auto_classes", None) or {}).get(model_class or "", auto_class)
 
     tags = ["hfport", family_key] if family_key else ["hfport"]
     tags += list(known.hub_tags if known is not None else ("multimodal", "custom_code"))
