@@ -48,7 +48,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path | None:
     atol = tolerance.get("atol")
     divergence = report.get("first_divergence") if isinstance(report.get("first_divergence"), dict) else None
     longest = max(len(entries) for entries in sets.values())
-    figure, axes = plt.subplots(len(sets), 1, squeeze=False, figsize=(min(22.0, max(8.0, 0.22 * longest)),
+    figure, axes = plt.subplots(len(sets), 1, squeeze=False, figsize=(min(24.0, max(10.0, 0.22 * longest + 2.5)),
                                                                       2.9 * len(sets) + 0.6))
     bases = sorted({str(o.get("name", "?")).partition(".")[0] for o in outputs})
     colours = {base: plt.get_cmap("tab10")(i % 10) for i, base in enumerate(bases)}
@@ -96,7 +96,9 @@ def _draw_set(axis, set_name: str, entries: list[dict], atol: Any, divergence: d
     axis.set_xticks(list(xs))
     axis.set_xticklabels([str(e.get("name", "?")) for e in entries], rotation=90, fontsize=6)
     axis.grid(True, which="major", axis="y", alpha=0.3)
-    axis.legend(fontsize=7, loc="upper left", ncol=min(4, len(colours) + 2))
+    heights = [_height(e) for e in entries] + ([float(atol)] if isinstance(atol, (int, float)) and atol > 0 else [])
+    axis.set_ylim(FLOOR / 10, max(heights) * 30)  # room above the worst point for the divergence label
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _height(entry: dict) -> float:

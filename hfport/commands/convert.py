@@ -72,9 +72,9 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allo
                                         **options)
     summary = _summary(folder)
     if summary["tokenizer"] is None:
-        from hfport.family import families
+        from hfport.family import get_family
 
-        hint = " or ".join(f.processor_hint for f in families())
+        hint = get_family(summary["family"]).processor_hint
         summary["warnings"].append(f"{folder} was written without a tokenizer or processor: the model loads, but "
                                    f"text cannot be turned into its inputs (convert again with {hint})")
     for warning in summary["warnings"]:
