@@ -177,6 +177,10 @@ class BaseFamily:
         """A structural variant of the folder that changes module names in `describe_trace` (None: one naming)."""
         return None
 
+    def usage_code(self, repo_id: str, auto_class: str, model_class: str, preprocessor: Optional[str]) -> Optional[str]:
+        """The model card's Python: load, preprocess, run, print the answer (None: the card shows loading only)."""
+        return None
+
     # The conversion half forwards to the family's converter module (``matches``, ``prepare``, ``describe``,
     # ``original_checkpoint``, and where it has them ``export_flags``, ``regenerator``, ``generator``).
     converter: Any = None
