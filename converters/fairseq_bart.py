@@ -154,6 +154,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, dictionary=None, **un
         if bpe_dir is None or dictionary is None:
             raise ConfigError("a BART tokenizer needs both --bpe-dir (encoder.json, vocab.bpe) and --dict (dict.txt)")
         tokenizer = bart_tokenizer(Path(bpe_dir), Path(dictionary), config.vocab_size)  # fails before writing
+        tokenizer.model_max_length = config.max_position_embeddings  # what `truncation=True` may keep
     notes = ["fairseq BART -> stock BartForConditionalGeneration",
              "decoding starts from </s> (decoder_start_token_id = eos), as fairseq's SequenceGenerator does",
              "pad on the right: transformers' BART numbers positions from the row start, fairseq over non-pad tokens"]

@@ -117,6 +117,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, dictionary=None, head
         # sentence_prediction (and BART's other tasks) add <mask> after loading the dictionary
         appended = ("<mask>",) if task.get("_name") in ("sentence_prediction", "denoising") else ()
         tokenizer = fb.bart_tokenizer(Path(bpe_dir), Path(dictionary), config.vocab_size, appended)
+        tokenizer.model_max_length = config.max_position_embeddings  # what `truncation=True` may keep
     others = [n for n in head_names(state) if n != picked]
     notes = [f"fairseq BART + classification head {picked} -> stock BartForSequenceClassification",
              "classifies from the decoder state at the last </s>; pad on the right, every row with the same number of </s>"]

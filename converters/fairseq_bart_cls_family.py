@@ -57,6 +57,11 @@ class FairseqBartClassifierFamily(FairseqTranslationFamily):
     auto_classes = {"BartForSequenceClassification": "AutoModelForSequenceClassification"}
     pipeline_tags = (((), "text-classification"),)
 
+    def usage_code(self, repo_id, auto_class, model_class, preprocessor):
+        from hfport.converters import usage_snippets
+
+        return usage_snippets.text_classifier(repo_id, auto_class) if preprocessor == "AutoTokenizer" else None
+
     def regenerator(self, config):
         return ft.regenerator(config)
 

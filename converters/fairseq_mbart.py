@@ -184,6 +184,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, dictionary=None, **un
             raise ConfigError("an mBART tokenizer needs both --bpe-dir (the folder with the SentencePiece *.model) "
                               "and --dict (dict.txt)")
         tokenizer = mbart_tokenizer(Path(bpe_dir), Path(dictionary), task, config.vocab_size)  # fails before writing
+        tokenizer.model_max_length = config.max_position_embeddings  # what `truncation=True` may keep
     target = task.get("target_lang") if task.get("_name") == "translation_from_pretrained_bart" else None
     langs = language_tokens(task)
     start = None

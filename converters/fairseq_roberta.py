@@ -244,6 +244,8 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, dictionary=None, head
             tokenizer = xlmr_tokenizer(model_file, Path(dictionary), config.vocab_size)
         else:
             tokenizer = roberta_tokenizer(Path(bpe_dir), Path(dictionary), config.vocab_size)
+        # fairseq's max_positions: what `truncation=True` may keep (the table also holds the padding offset)
+        tokenizer.model_max_length = config.max_position_embeddings - config.pad_token_id - 1
     labels = class_labels(Path(dictionary), structure["num_labels"]) if chosen and dictionary is not None else None
     if labels:
         config.id2label = dict(enumerate(labels))

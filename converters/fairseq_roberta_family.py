@@ -41,6 +41,15 @@ class FairseqRobertaFamily(BaseFamily):
                     for t in ("MaskedLM", "SequenceClassification")}
     pipeline_tags = ((("classification",), "text-classification"), ((), "fill-mask"))
 
+    def usage_code(self, repo_id, auto_class, model_class, preprocessor):
+        from hfport.converters import usage_snippets
+
+        if preprocessor != "AutoTokenizer":
+            return None
+        if "SequenceClassification" in model_class:
+            return usage_snippets.text_classifier(repo_id, auto_class)
+        return usage_snippets.masked_lm(repo_id, auto_class)
+
     def regenerator(self, config):  # fairseq's bookkeeping buffers are the translation model's
         return fr.regenerator(config)
 

@@ -84,3 +84,31 @@ def fairseq_seq2seq(repo_id: str, auto_class: str, has_tokenizer: bool) -> str:
                   "    tokens = model.generate(input_ids=input_ids, num_beams=5, max_new_tokens=20)",
                   "print(tokens[0].tolist())  # target dictionary ids"]
     return "\n".join(lines)
+
+
+def text_classifier(repo_id: str, auto_class: str) -> str:
+    """A sequence-classification head (fairseq's `sentence_prediction`): class probabilities with their names."""
+    return "\n".join([
+        "import torch", f"from transformers import {auto_class}, AutoTokenizer", "",
+        *_load(repo_id, auto_class, "AutoTokenizer", False),
+        'inputs = tokenizer(["a red car."], truncation=True, return_tensors="pt")',
+        "with torch.no_grad():",
+        "    probabilities = model(**inputs).logits[0].softmax(-1)",
+        "for index in probabilities.argsort(descending=True).tolist():",
+        '    print(f"{probabilities[index]:.4f}  {model.config.id2label[index]}")',
+    ])
+
+
+def masked_lm(repo_id: str, auto_class: str) -> str:
+    """A masked language model: the five most likely fillers of one masked position."""
+    return "\n".join([
+        "import torch", f"from transformers import {auto_class}, AutoTokenizer", "",
+        *_load(repo_id, auto_class, "AutoTokenizer", False),
+        'inputs = tokenizer([f"a {tokenizer.mask_token} car."], return_tensors="pt")',
+        "position = int((inputs.input_ids[0] == tokenizer.mask_token_id).nonzero()[0, 0])",
+        "with torch.no_grad():",
+        "    probabilities = model(**inputs).logits[0, position].softmax(-1)",
+        "scores, ids = probabilities.topk(5)",
+        "for score, token_id in zip(scores.tolist(), ids.tolist()):",
+        '    print(f"{score:.4f}  {tokenizer.decode([token_id])!r}")',
+    ])

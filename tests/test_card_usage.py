@@ -95,7 +95,19 @@ def fairseq_folders(tmp_path_factory) -> dict[str, Path]:
     return {"translation": convert_checkpoint(FAIRSEQ / "translation_postnorm_tied" / "checkpoint.pt",
                                               root / "translation"),
             "bart": convert_checkpoint(bart / "checkpoint.pt", root / "bart", bpe_dir=bart,
-                                       dictionary=bart / "dict.de.txt")}
+                                       dictionary=bart / "dict.de.txt"),
+            "mbart": convert_checkpoint(FAIRSEQ / "mbart_translation" / "checkpoint.pt", root / "mbart",
+                                        bpe_dir=FAIRSEQ / "mbart_translation",
+                                        dictionary=FAIRSEQ / "mbart_translation" / "dict.txt"),
+            "bart_classifier": convert_checkpoint(FAIRSEQ / "bart_classifier" / "checkpoint.pt", root / "bart_cls",
+                                                  bpe_dir=FAIRSEQ / "bart_classifier",
+                                                  dictionary=FAIRSEQ / "bart_classifier" / "input0" / "dict.txt"),
+            "roberta_mlm": convert_checkpoint(FAIRSEQ / "roberta_gpt2" / "pretrain.pt", root / "roberta_mlm",
+                                              bpe_dir=FAIRSEQ / "roberta_gpt2",
+                                              dictionary=FAIRSEQ / "roberta_gpt2" / "input0" / "dict.txt"),
+            "xlmr_classifier": convert_checkpoint(FAIRSEQ / "xlmr_spm" / "finetune.pt", root / "xlmr_cls",
+                                                  bpe_dir=FAIRSEQ / "xlmr_spm",
+                                                  dictionary=FAIRSEQ / "xlmr_spm" / "input0" / "dict.txt")}
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +161,70 @@ def test_the_bart_card_snippet_tokenizes_generates_and_decodes(printed, fairseq_
         tokens = model.generate(**inputs, num_beams=5, max_new_tokens=20)
     assert "\n".join(printed["bart"]) == tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
     assert len(tokens[0]) > 2  # it generated something, not only the start and end tokens
+
+
+def _stock(folder: Path, auto_class: str):
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    return tokenizer, getattr(transformers, auto_class).from_pretrained(str(folder)).eval()
+
+
+def test_the_mbart_card_snippet_translates_with_the_folders_own_generation_settings(printed, fairseq_folders):
+    import torch
+
+    tokenizer, model = _stock(fairseq_folders["mbart"], "AutoModelForSeq2SeqLM")
+    assert "trust_remote_code" not in _python_block(printed["cards"]["mbart"][0])
+    inputs = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.generate(**inputs, num_beams=5, max_new_tokens=20)
+    assert "\n".join(printed["mbart"]) == tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("name", ["bart_classifier", "xlmr_classifier"])
+def test_a_classifier_card_snippet_prints_every_class_by_name_in_order_of_probability(printed, fairseq_folders, name):
+    import torch
+
+    tokenizer, model = _stock(fairseq_folders[name], "AutoModelForSequenceClassification")
+    code = _python_block(printed["cards"][name][0])
+    assert "AutoModelForSequenceClassification" in code and "trust_remote_code" not in code
+    with torch.no_grad():
+        probabilities = model(**tokenizer(["a red car."], truncation=True,
+                                          return_tensors="pt")).logits[0].softmax(-1)
+    expected = [f"{probabilities[i]:.4f}  {model.config.id2label[i]}"
+                for i in probabilities.argsort(descending=True).tolist()]
+    assert printed[name] == expected and len(expected) == model.config.num_labels >= 2
+    assert not any(line.split()[-1].startswith("LABEL_") for line in expected)  # names, not indices
+
+
+def test_the_roberta_card_snippet_fills_the_mask_with_the_models_top_five(printed, fairseq_folders):
+    import torch
+
+    tokenizer, model = _stock(fairseq_folders["roberta_mlm"], "AutoModelForMaskedLM")
+    assert "fill-mask" in printed["cards"]["roberta_mlm"][0]
+    inputs = tokenizer([f"a {tokenizer.mask_token} car."], return_tensors="pt")
+    position = int((inputs.input_ids[0] == tokenizer.mask_token_id).nonzero()[0, 0])
+    with torch.no_grad():
+        scores, ids = model(**inputs).logits[0, position].softmax(-1).topk(5)
+    assert printed["roberta_mlm"] == [f"{s:.4f}  {tokenizer.decode([i])!r}" for s, i in zip(scores.tolist(),
+                                                                                           ids.tolist())]
+
+
+@pytest.mark.parametrize("name", ["bart", "mbart", "bart_classifier", "roberta_mlm", "xlmr_classifier"])
+def test_truncation_keeps_a_long_text_within_the_models_positions(fairseq_folders, name):
+    """`truncation=True` is what users pass for long inputs; it only works when the tokenizer knows the limit."""
+    import torch
+    from transformers import AutoConfig
+
+    folder = fairseq_folders[name]
+    config = AutoConfig.from_pretrained(str(folder))
+    auto = {"bart": "AutoModelForSeq2SeqLM", "mbart": "AutoModelForSeq2SeqLM"}.get(
+        name, "AutoModelForSequenceClassification" if "classifier" in name else "AutoModelForMaskedLM")
+    tokenizer, model = _stock(folder, auto)
+    inputs = tokenizer(["a red car and a blue house. " * 40], truncation=True, return_tensors="pt")
+    assert inputs.input_ids.shape[1] == tokenizer.model_max_length <= config.max_position_embeddings
+    with torch.no_grad():
+        if auto == "AutoModelForSeq2SeqLM":
+            model(**inputs, decoder_input_ids=torch.tensor([[2]]))
+        else:
+            model(**inputs)
