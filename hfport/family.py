@@ -64,6 +64,7 @@ BUILTIN_FAMILIES: Dict[str, Tuple[str, Optional[str]]] = {
     # fairseq's own archs first: OFA's test accepts any fairseq file, this one only the transformer archs
     "fairseq_translation": ("hfport.converters.fairseq_translation_family", "hfport.verify.backends.fairseq_native"),
     "fairseq_bart": ("hfport.converters.fairseq_bart_family", "hfport.verify.backends.fairseq_native"),
+    "fairseq_lm": ("hfport.converters.fairseq_lm_family", "hfport.verify.backends.fairseq_lm_native"),
     "ofa": ("hfport.converters.ofa_family", "hfport.verify.backends.fairseq_ofa"),
     "meter": ("hfport.converters.meter_family", "hfport.verify.backends.meter_live"),
 }
