@@ -69,7 +69,7 @@ class FairseqLanguageModelFamily(BaseFamily):
             raise ConfigError("a language model takes no --image")
         start = int(folder.config.get("bos_token_id", 2))
         ids = [start] + [i for i in ids if i != start] if ids else default["src_tokens"][0].tolist()
-        return OrderedDict([("inputs_p0", {"src_tokens": torch.tensor([ids])})])
+        return OrderedDict([("inputs", {"src_tokens": torch.tensor([ids])})])
 
     def compare_set(self, set_name, inputs, reference, converted, golden, atol, rtol, scale_rtol=0.0):
         """Every reference entry on the non-pad positions of the rows."""

@@ -53,3 +53,12 @@ def test_converted_fairseq_model_passes_against_fairseq_run_live_on_token_probes
     assert max(r["max_abs"] for r in report["outputs"] if r["name"] == "logits") <= 1e-5
     runs = {g["name"]: g for g in report["generation"]}
     assert all(g["exact"] for g in runs.values()) and any(g["num_beams"] > 1 and g["required"] for g in runs.values())
+
+
+def test_a_language_model_passes_against_fairseq_live_on_the_users_own_text(tmp_path):
+    case = "lm_prenorm_tied"
+    folder = convert_checkpoint(DATA / case / "checkpoint.pt", tmp_path / "hf", dictionary=DATA / case / "dict.txt")
+    report = verify_folder(folder, against=DATA / case / "checkpoint.pt", reference_code=DATA / case,
+                           reference_python=FAIRSEQ_PYTHON, text="the big dog", write=False)
+    assert report["passed"], report["problems"] or report["first_divergence"]
+    assert [g["name"] for g in report["generation"]] == ["greedy"] and report["generation"][0]["exact"]

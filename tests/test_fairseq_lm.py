@@ -206,3 +206,20 @@ def test_hfport_run_continues_a_prompt_the_way_fairseq_greedy_does(converted, tm
     fairseq_tokens = next(v for k, v in golden["generation"].items() if k == "greedy_p0")["tokens"][0]
     prompt_len = golden["inputs_p0"]["src_tokens"].shape[1] - 1
     assert json.loads(result.stdout)["tokens"][:4] == fairseq_tokens[prompt_len:prompt_len + 4]
+
+
+def test_live_verification_inputs_follow_fairseqs_language_model_convention(converted):
+    """`verify --against` hands fairseq right-padded rows that start with </s>, one prompt, and </s> alone (the
+    beam-search set); --text / --tokens become one row with the start token first."""
+    from hfport.family import ConvertedFolder
+
+    opened = ConvertedFolder.open(converted("lm_prenorm_tied"))
+    sets = opened.family.probes(opened, 0)
+    assert list(sets) == ["inputs", "inputs_p0", "inputs_bos"]
+    rows = sets["inputs"]["src_tokens"]
+    assert bool((rows[:, 0] == 2).all()) and bool((rows[:, 1:] == 2).sum() == 0)
+    assert bool((rows[:, -1] == 1).any()) and not bool((rows[:, 0] == 1).any())  # padded on the right
+    assert sets["inputs_bos"]["src_tokens"].tolist() == [[2]] and int(rows.max()) < opened.config["vocab_size"]
+    user = opened.family.user_inputs(opened, sets["inputs"], None, [2, 4, 11])
+    assert user["inputs"]["src_tokens"].tolist() == [[2, 4, 11]]
+    assert opened.family.user_inputs(opened, sets["inputs"], None, [4, 11])["inputs"]["src_tokens"].tolist() == [[2, 4, 11]]
