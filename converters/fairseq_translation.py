@@ -150,6 +150,10 @@ def build_config(args: dict, structure: dict, task: dict, kind: str):
             langs=[str(task.get("source_lang") or "src"), str(task.get("target_lang") or "tgt")],
             src_vocab_size=structure["src_vocab_size"], tgt_vocab_size=structure["tgt_vocab_size"],
             tie_word_embeddings=share_all, **common)
+        # stock FSMT builds no causal (nor decoder padding) mask when use_cache is on, also for a whole
+        # teacher-forced target: a plain forward would see future tokens (logits 5.8 off fairseq's on the tiny
+        # model). Off in config.json; generation turns it back on (generation_config.json), one token at a time.
+        config.use_cache = False
         config.architectures = ["FSMTForConditionalGeneration"]
     else:
         from transformers import M2M100Config
@@ -213,7 +217,7 @@ def prepare(checkpoint: dict, path: Path, *, dictionary=None, target_dictionary=
 
         GenerationConfig(
             bos_token_id=0, eos_token_id=2, pad_token_id=1, decoder_start_token_id=2, forced_eos_token_id=2,
-            suppress_tokens=[1], num_beams=5, length_penalty=1.0, early_stopping=True,
+            suppress_tokens=[1], num_beams=5, length_penalty=1.0, early_stopping=True, use_cache=True,
             max_new_tokens=201,  # fairseq-generate's max_len_b=200, plus the </s> it forces at the limit
         ).save_pretrained(folder)
         written = ["generation_config.json"]

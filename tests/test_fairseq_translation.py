@@ -278,3 +278,19 @@ def test_live_verification_probes_are_padded_the_way_each_task_pads_its_sources(
         assert all(int(r[r != 1][0]) == first for r in rows)
     vocab = opened.config.get("src_vocab_size") or opened.config["vocab_size"]
     assert int(rows.max()) < vocab
+
+
+def test_a_plain_forward_of_the_converted_fsmt_matches_fairseq_without_any_cache_argument(converted):
+    """Stock FSMT skips its causal mask when use_cache is on, also for a whole teacher-forced target; the
+    converted config turns it off (generation turns it on again), so the call users make by habit is right."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    case = "translation_postnorm_tied"
+    golden = _load(DATA / case / "golden.pt")
+    model = AutoModelForSeq2SeqLM.from_pretrained(converted(case)).eval()
+    src, prev = golden["inputs"]["src_tokens"], golden["inputs"]["prev_output_tokens"]
+    with torch.no_grad():
+        logits = model(input_ids=src, attention_mask=src.ne(1), decoder_input_ids=prev).logits
+    keep = prev.ne(1)
+    assert (logits - golden["outputs"]["logits"])[keep].abs().max() <= 1e-5
+    assert json.loads((converted(case) / "generation_config.json").read_text())["use_cache"] is True
