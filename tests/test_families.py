@@ -62,7 +62,7 @@ def test_built_in_families_are_registered_by_name_and_found_from_their_checkpoin
     from hfport.read.torch_file import load_checkpoint
 
     # fairseq's own families come first: OFA's test accepts any fairseq file, theirs only their archs
-    assert family_names()[:4] == ["fairseq_translation", "fairseq_bart", "ofa", "meter"]
+    assert family_names()[:5] == ["fairseq_translation", "fairseq_bart", "fairseq_lm", "ofa", "meter"]
     ofa = load_checkpoint(shared_root / "fixtures" / "ofa" / "ofa-tiny-plain" / "checkpoint.pt")
     meter = load_checkpoint(shared_root / "fixtures" / "meter" / "meter-tiny-vqa-lightning" / "checkpoint.ckpt")
     assert detect_family(ofa, "x") is get_family("ofa")
