@@ -20,17 +20,19 @@ from hfport.converters.pipeline import convert_checkpoint
 @click.option("--allow-nonfinite", is_flag=True, help="Convert weights that hold NaN or inf (refused by default).")
 @click.option("--bpe-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="OFA: the utils/BPE folder (dict.txt, encoder.json, vocab.bpe) to build the tokenizer from; "
-              "fairseq BART: the folder with encoder.json and vocab.bpe.")
+              "fairseq BART / RoBERTa: the folder with encoder.json and vocab.bpe; XLM-R: the folder with the "
+              "SentencePiece *.model.")
 @click.option("--dict", "dictionary", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="fairseq BART / language model: the model's dict.txt; translation: the source dict.*.txt "
-              "(ids of the converted tokenizer = fairseq's).")
+              help="fairseq BART / RoBERTa / XLM-R / language model: the model's dict.txt; translation: the source "
+              "dict.*.txt (ids of the converted tokenizer = fairseq's).")
 @click.option("--target-dict", "target_dictionary", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="fairseq translation: the target dict.*.txt (decodes generated ids; default: --dict).")
 @click.option("--bpe", type=click.Choice(["gpt2", "bert"]), help="OFA: tokenizer kind (default: from the checkpoint).")
 @click.option("--patch-image-size", type=int, help="OFA: image resolution of the processor (default: the task's).")
 @click.option("--text-config", help="METER: the text tower's config (roberta-base, a folder, or a config.json).")
 @click.option("--tokenizer", help="METER: tokenizer folder or id to ship with the model.")
-@click.option("--head", help="METER: which task head to keep when a checkpoint has several (vqa, itm, mlm, ...).")
+@click.option("--head", help="METER: which task head to keep when a checkpoint has several (vqa, itm, mlm, ...); "
+              "fairseq RoBERTa / XLM-R: which classification_heads.NAME.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, dictionary,
             target_dictionary, bpe, patch_image_size,
