@@ -29,6 +29,8 @@ class FairseqBartFamily(FairseqTranslationFamily):
     processor_hint = "--bpe-dir (encoder.json, vocab.bpe) and --dict (dict.txt)"
     auto_classes = {"BartForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "text2text-generation"),)
+    source_start = (0,)  # BART's hub interface: <s> ... </s>, padded right
+    pad_left = False
 
     def regenerator(self, config):  # fairseq's bookkeeping buffers are the translation model's
         return ft.regenerator(config)

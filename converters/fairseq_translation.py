@@ -150,6 +150,10 @@ def build_config(args: dict, structure: dict, task: dict, kind: str):
             langs=[str(task.get("source_lang") or "src"), str(task.get("target_lang") or "tgt")],
             src_vocab_size=structure["src_vocab_size"], tgt_vocab_size=structure["tgt_vocab_size"],
             tie_word_embeddings=share_all, **common)
+        # stock FSMT builds no causal (nor decoder padding) mask when use_cache is on, also for a whole
+        # teacher-forced target: a plain forward would see future tokens (logits 5.8 off fairseq's on the tiny
+        # model). Off in config.json; generation turns it back on (generation_config.json), one token at a time.
+        config.use_cache = False
         config.architectures = ["FSMTForConditionalGeneration"]
     else:
         from transformers import M2M100Config
@@ -169,7 +173,28 @@ def export_flags(config) -> dict[str, bool]:
     return mapping_flags(kind, {"share_all_embeddings": bool(getattr(config, "tie_word_embeddings", False))})
 
 
-def prepare(checkpoint: dict, path: Path, **unused) -> Prepared:
+def translation_tokenizers(dictionary, target_dictionary, config, kind: str) -> list:
+    """[(subfolder, tokenizer)]: the source tokenizer in the folder itself (fairseq's source convention: words then
+    </s>, left padding as the translation task pads), and, when the target vocabulary is another, a
+    ``target_tokenizer/`` subfolder for decoding what the model generates. Built before anything is written."""
+    from hfport.converters.fairseq_tokenizers import fairseq_tokenizer
+
+    if dictionary is None:
+        if target_dictionary is not None:
+            raise ConfigError("--target-dict needs --dict (the source dictionary) too")
+        return []
+    source_size = config.src_vocab_size if kind == "fsmt" else config.vocab_size
+    target_size = config.tgt_vocab_size if kind == "fsmt" else config.vocab_size
+    made = [("", fairseq_tokenizer(Path(dictionary), source_size, "$A </s>", padding_side="left"))]
+    if target_dictionary is not None and Path(target_dictionary).read_bytes() != Path(dictionary).read_bytes():
+        made.append(("target_tokenizer", fairseq_tokenizer(Path(target_dictionary), target_size, "$A </s>")))
+    elif target_dictionary is None and kind == "fsmt" and not config.tie_word_embeddings:
+        raise ConfigError("the model has separate source and target vocabularies: give the target dictionary "
+                          "(dict.TGT.txt) with --target-dict")
+    return made
+
+
+def prepare(checkpoint: dict, path: Path, *, dictionary=None, target_dictionary=None, **unused) -> Prepared:
     reject_unused_options(unused, "fairseq translation")
     from transformers import FSMTForConditionalGeneration, M2M100ForConditionalGeneration
 
@@ -182,6 +207,7 @@ def prepare(checkpoint: dict, path: Path, **unused) -> Prepared:
     kind = target_class(structure, args)
     config = build_config(args, structure, task, kind)
     model_class = FSMTForConditionalGeneration if kind == "fsmt" else M2M100ForConditionalGeneration
+    tokenizers = translation_tokenizers(dictionary, target_dictionary, config, kind)
     notes = [f"{'post' if kind == 'fsmt' else 'pre'}-norm fairseq transformer -> stock {model_class.__name__}",
              "decoding starts from </s> (decoder_start_token_id = eos), as fairseq's SequenceGenerator does",
              "fairseq's translation task left-pads the source; pass attention_mask (positions count non-pad tokens)"]
@@ -191,10 +217,14 @@ def prepare(checkpoint: dict, path: Path, **unused) -> Prepared:
 
         GenerationConfig(
             bos_token_id=0, eos_token_id=2, pad_token_id=1, decoder_start_token_id=2, forced_eos_token_id=2,
-            suppress_tokens=[1], num_beams=5, length_penalty=1.0, early_stopping=True,
+            suppress_tokens=[1], num_beams=5, length_penalty=1.0, early_stopping=True, use_cache=True,
             max_new_tokens=201,  # fairseq-generate's max_len_b=200, plus the </s> it forces at the limit
         ).save_pretrained(folder)
-        return ["generation_config.json"]
+        written = ["generation_config.json"]
+        for subfolder, tokenizer in tokenizers:
+            saved = tokenizer.save_pretrained(folder / subfolder if subfolder else folder)
+            written += [str(Path(subfolder, Path(p).name)) if subfolder else Path(p).name for p in saved]
+        return written
 
     return Prepared(
         config=config, model_class=model_class, state_dict=state, flags=mapping_flags(kind, args),

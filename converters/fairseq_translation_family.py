@@ -21,7 +21,7 @@ class FairseqTranslationFamily(BaseFamily):
     regenerated = ft.REGENERATED
     recorder = "hfport.verify.backends.fairseq_native"
     fp32_atol = 1e-5
-    live_reference = "fairseq-live"
+    live_reference = "live fairseq"
     checks_generation = True
     card = {
         "name": "fairseq transformer (translation)",
@@ -30,7 +30,7 @@ class FairseqTranslationFamily(BaseFamily):
         "license": "mit",
     }
     hub_tags = ("translation", "fairseq")
-    processor_hint = "(none: fairseq's word/subword dictionaries are not shipped as a tokenizer yet)"
+    processor_hint = "--dict dict.SRC.txt [--target-dict dict.TGT.txt] (the task's dictionaries)"
     auto_classes = {"FSMTForConditionalGeneration": "AutoModelForSeq2SeqLM",
                     "M2M100ForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "translation"),)
@@ -40,13 +40,61 @@ class FairseqTranslationFamily(BaseFamily):
 
         return usage_snippets.fairseq_seq2seq(repo_id, auto_class, preprocessor == "AutoTokenizer")
 
-    # -- verification: golden files only (the live reference needs the task's data folder) -----------------------
+    # -- verification: golden files, or fairseq live on token probes (--reference-code: the task's data folder) --
+    source_start: tuple = ()  # BART's sources start with <s>
+    pad_left = True
+    takes_images = False  # the translation task left-pads sources (BART's hub interface pads right)
+
     def probes(self, folder, seed):
-        raise ConfigError("fairseq translation models are verified against a golden file (hfport record --family "
-                          "fairseq_translation, in fairseq's environment)")
+        """One batch of three source rows of random ids (4 .. source vocabulary - 1) ending in </s>, padded as
+        the task pads them; the recorder generates from it and teacher-forces its greedy output."""
+        from collections import OrderedDict
+
+        from hfport.verify.probes import _generator, _random_ids
+
+        config = folder.config
+        vocab = int(config.get("src_vocab_size") or config["vocab_size"])
+        g = _generator(seed)
+        rows = [list(self.source_start) + _random_ids(g, n, 4, vocab, [0, 1, 2, 3]) + [2] for n in (6, 3, 4)]
+        return OrderedDict([("inputs", self._batch(rows))])
+
+    def _batch(self, rows):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = [[1] * (width - len(r)) for r in rows]
+        tokens = torch.tensor([p + r if self.pad_left else r + p for p, r in zip(pad, rows)])
+        return {"src_tokens": tokens, "src_lengths": tokens.ne(1).sum(1)}
 
     def user_inputs(self, folder, default, pixel, ids):
-        return self.probes(folder, 0)
+        from collections import OrderedDict
+
+        if pixel is not None:
+            raise ConfigError(f"a {self.title} takes no --image")
+        ids = list(ids) if ids else default["src_tokens"][0][default["src_tokens"][0] != 1].tolist()
+        if not ids or ids[-1] != 2:
+            ids.append(2)
+        return OrderedDict([("inputs", self._batch([ids]))])
+
+    def run(self, folder, inputs):
+        """Source text -> fairseq's source ids (the folder's tokenizer) -> beam search -> target text."""
+        import torch
+        from transformers import AutoTokenizer
+
+        if not folder.path.joinpath("tokenizer.json").is_file() and not folder.path.joinpath("vocab.json").is_file():
+            raise ConfigError(f"{folder} has no tokenizer; convert again with {self.processor_hint}")
+        if not inputs.text:
+            raise ConfigError("give the source sentence with --text")
+        source = AutoTokenizer.from_pretrained(str(folder.path))
+        target_dir = folder.path / "target_tokenizer"
+        target = AutoTokenizer.from_pretrained(str(target_dir)) if target_dir.is_dir() else source
+        batch = source(inputs.text, return_tensors="pt")
+        model = folder.load_model().eval()
+        with torch.no_grad():
+            out = model.generate(**batch, num_beams=inputs.num_beams, max_new_tokens=inputs.max_length)
+        tokens = out[0, 1:].tolist()  # without the decoder-start </s>
+        return {"text": target.decode(tokens, skip_special_tokens=True), "source": inputs.text,
+                "tokens": tokens}
 
     def compare_set(self, set_name, inputs, reference, converted, golden, atol, rtol, scale_rtol=0.0):
         return ofa_verify.compare_set(set_name, inputs, reference, converted, golden, atol, rtol, scale_rtol)

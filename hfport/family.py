@@ -66,6 +66,7 @@ BUILTIN_FAMILIES: Dict[str, Tuple[str, Optional[str]]] = {
     "fairseq_mbart": ("hfport.converters.fairseq_mbart_family", "hfport.verify.backends.fairseq_mbart_native"),
     "fairseq_bart_cls": ("hfport.converters.fairseq_bart_cls_family", "hfport.verify.backends.fairseq_bart_cls_native"),
     "fairseq_bart": ("hfport.converters.fairseq_bart_family", "hfport.verify.backends.fairseq_native"),
+    "fairseq_lm": ("hfport.converters.fairseq_lm_family", "hfport.verify.backends.fairseq_lm_native"),
     "fairseq_roberta": ("hfport.converters.fairseq_roberta_family", "hfport.verify.backends.fairseq_roberta_native"),
     "ofa": ("hfport.converters.ofa_family", "hfport.verify.backends.fairseq_ofa"),
     "meter": ("hfport.converters.meter_family", "hfport.verify.backends.meter_live"),

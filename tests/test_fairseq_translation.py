@@ -195,3 +195,102 @@ def test_inspect_names_fairseqs_own_family_and_arch(case, title, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert title in result.stdout
     assert json.loads((DATA / case / "meta.json").read_text())["arch"] in result.stdout
+
+
+# -- tokenizers: the task's dictionaries as stock tokenizers with fairseq's ids ------------------------------------
+
+@pytest.fixture(scope="module")
+def with_tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fairseq_translation_tok")
+    return {case: convert_checkpoint(DATA / case / "checkpoint.pt", root / case, dictionary=DATA / case / "dict.de.txt",
+                                     target_dictionary=DATA / case / "dict.en.txt")
+            for case in ("translation_postnorm_tied", "translation_prenorm_shared")}
+
+
+@pytest.mark.parametrize("case", ["translation_postnorm_tied", "translation_prenorm_shared"])
+def test_source_tokenizer_gives_fairseqs_left_padded_ids_and_target_tokenizer_decodes_fairseqs_output(
+        case, with_tokenizers):
+    from transformers import AutoTokenizer
+
+    folder = with_tokenizers[case]
+    golden = _load(DATA / case / "golden.pt")
+    source = AutoTokenizer.from_pretrained(folder)
+    batch = source(golden["meta"]["sentences"], padding=True, return_tensors="pt")
+    assert torch.equal(batch.input_ids, golden["inputs"]["src_tokens"])  # words + </s>, left-padded as recorded
+    separate = (folder / "target_tokenizer").is_dir()
+    assert separate == (case == "translation_postnorm_tied")  # a joined dictionary needs one tokenizer
+    target = AutoTokenizer.from_pretrained(folder, subfolder="target_tokenizer") if separate else source
+    assert [target.decode(t, skip_special_tokens=True) for t in golden["generation"]["beam4"]["tokens"]] == [
+        "the red dog sees a house", "a child", "the big man likes a new book"]
+
+
+def test_source_tokenizer_agrees_with_fairseqs_dictionary_on_every_corpus_sentence(with_tokenizers):
+    import random
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from hfport.fairseq_text import read_dictionary
+
+    sys.path.insert(0, str(DATA))
+    from corpus import sentence_pair
+
+    symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [e.symbol for e in read_dictionary(
+        DATA / "translation_postnorm_tied" / "dict.de.txt")]
+    index = {s: i for i, s in enumerate(symbols)}
+    rng = random.Random(5)
+    lines = [" ".join(sentence_pair(rng)[0]) for _ in range(300)] + ["der  zebra\tsieht ein haus ", "ünbekannt"]
+    tokenizer = AutoTokenizer.from_pretrained(with_tokenizers["translation_postnorm_tied"])
+    assert [tokenizer(line).input_ids for line in lines] == [[index.get(w, 3) for w in line.split()] + [2]
+                                                            for line in lines]
+
+
+def test_separate_vocabularies_without_the_target_dictionary_are_refused_before_writing(tmp_path):
+    from hfport.errors import ConfigError
+
+    case = DATA / "translation_postnorm_tied"
+    with pytest.raises(ConfigError, match="--target-dict"):
+        convert_checkpoint(case / "checkpoint.pt", tmp_path / "out", dictionary=case / "dict.de.txt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hfport_run_translates_text_to_text_with_the_converted_tokenizers(with_tokenizers, tmp_path):
+    result = run_cli(["run", with_tokenizers["translation_postnorm_tied"], "--text", "der hund rot sieht ein haus"],
+                     tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "the red dog sees a house"
+
+
+@pytest.mark.parametrize("case, left, first", [("translation_postnorm_tied", True, None), ("bart_translation", False, 0)])
+def test_live_verification_probes_are_padded_the_way_each_task_pads_its_sources(case, left, first, converted, tmp_path):
+    """`verify --against` hands fairseq these token rows: translation sources left-padded, BART's <s> ... </s>
+    right-padded; every row ends in </s> and stays inside the source vocabulary."""
+    from hfport.family import ConvertedFolder
+
+    folder = converted(case) if case != "bart_translation" else convert_checkpoint(
+        DATA / case / "checkpoint.pt", tmp_path / "bart")
+    opened = ConvertedFolder.open(folder)
+    rows = opened.family.probes(opened, 0)["inputs"]["src_tokens"]
+    assert rows.shape[0] == 3 and bool((rows == 1).any())
+    assert all(bool(r[r != 1][-1] == 2) for r in rows)
+    assert bool((rows[:, 0] == 1).any()) == left and bool((rows[:, -1] == 1).any()) == (not left)
+    if first is not None:
+        assert all(int(r[r != 1][0]) == first for r in rows)
+    vocab = opened.config.get("src_vocab_size") or opened.config["vocab_size"]
+    assert int(rows.max()) < vocab
+
+
+def test_a_plain_forward_of_the_converted_fsmt_matches_fairseq_without_any_cache_argument(converted):
+    """Stock FSMT skips its causal mask when use_cache is on, also for a whole teacher-forced target; the
+    converted config turns it off (generation turns it on again), so the call users make by habit is right."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    case = "translation_postnorm_tied"
+    golden = _load(DATA / case / "golden.pt")
+    model = AutoModelForSeq2SeqLM.from_pretrained(converted(case)).eval()
+    src, prev = golden["inputs"]["src_tokens"], golden["inputs"]["prev_output_tokens"]
+    with torch.no_grad():
+        logits = model(input_ids=src, attention_mask=src.ne(1), decoder_input_ids=prev).logits
+    keep = prev.ne(1)
+    assert (logits - golden["outputs"]["logits"])[keep].abs().max() <= 1e-5
+    assert json.loads((converted(case) / "generation_config.json").read_text())["use_cache"] is True

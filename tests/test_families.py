@@ -64,7 +64,7 @@ def test_built_in_families_are_registered_by_name_and_found_from_their_checkpoin
     # fairseq's own families come first: OFA's test accepts any fairseq file, theirs only their archs
     names = family_names()
     assert names[0] == "fairseq_translation" and names.index("ofa") + 1 == names.index("meter")
-    assert {"fairseq_bart", "fairseq_mbart", "fairseq_bart_cls", "fairseq_roberta"} <= set(names)
+    assert {"fairseq_bart", "fairseq_mbart", "fairseq_bart_cls", "fairseq_roberta", "fairseq_lm"} <= set(names)
     assert all(names.index(n) < names.index("ofa") for n in names if n.startswith("fairseq_"))
     # the specialised BART families are asked before plain BART, which would accept their files too
     assert names.index("fairseq_mbart") < names.index("fairseq_bart") > names.index("fairseq_bart_cls")

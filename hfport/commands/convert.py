@@ -24,7 +24,10 @@ from hfport.converters.pipeline import convert_checkpoint
               "fairseq BART / RoBERTa: the folder with encoder.json and vocab.bpe; XLM-R: the folder with the "
               "SentencePiece *.model.")
 @click.option("--dict", "dictionary", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="fairseq BART / RoBERTa / XLM-R: the model's dict.txt (ids of the converted tokenizer = fairseq's).")
+              help="fairseq BART / RoBERTa / XLM-R / language model: the model's dict.txt; translation: the source "
+              "dict.*.txt (ids of the converted tokenizer = fairseq's).")
+@click.option("--target-dict", "target_dictionary", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="fairseq translation: the target dict.*.txt (decodes generated ids; default: --dict).")
 @click.option("--bpe", type=click.Choice(["gpt2", "bert"]), help="OFA: tokenizer kind (default: from the checkpoint).")
 @click.option("--patch-image-size", type=int, help="OFA: image resolution of the processor (default: the task's).")
 @click.option("--text-config", help="METER: the text tower's config (roberta-base, a folder, or a config.json).")
@@ -33,8 +36,8 @@ from hfport.converters.pipeline import convert_checkpoint
               "fairseq RoBERTa / XLM-R: which classification_heads.NAME.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (no progress output).")
-def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, dictionary, bpe,
-            patch_image_size,
+def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, dictionary,
+            target_dictionary, bpe, patch_image_size,
             text_config, tokenizer, head, quiet, as_json):
     """Convert an OFA (.pt), fairseq translation transformer / BART (.pt) or METER (.ckpt) checkpoint into a
     Hugging Face model folder (fairseq's own families into stock transformers classes).
@@ -48,7 +51,7 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allo
       hfport convert ofa_large.pt ./ofa-large-fp16 --dtype float16 --max-shard-size 500MB
       hfport convert meter_clip16_288_roberta_vqa.ckpt ./meter-vqa-hf --text-config roberta-base
     """
-    options = dict(bpe_dir=bpe_dir, dictionary=dictionary, bpe=bpe, patch_image_size=patch_image_size, text_config=text_config,
+    options = dict(bpe_dir=bpe_dir, dictionary=dictionary, target_dictionary=target_dictionary, bpe=bpe, patch_image_size=patch_image_size, text_config=text_config,
                    tokenizer=tokenizer, head=head)
     options = {k: v for k, v in options.items() if v is not None}
     quiet = quiet or as_json

@@ -63,8 +63,8 @@ def open_image(path: str):
 
 @click.command("run")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--image", "images", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Image file (twice for NLVR2).")
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Image file (twice for NLVR2; OFA and METER need one, fairseq's text families none).")
 @click.option("--text", default=None, help="Question / prompt / hypothesis (OFA captioning needs none).")
 @click.option("--task", type=click.Choice(OFA_TASKS), default=None,
               help="OFA text formatting: caption (default without --text), vqa, grounding, none (default with --text).")
@@ -85,11 +85,14 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
       hfport run ./ofa-large-hf --image cat.jpg
       hfport run ./ofa-large-hf --image cat.jpg --text "what color is the cat?" --task vqa
       hfport run ./meter-vqa-hf --image cat.jpg --text "what color is the cat?" --top-k 3
+      hfport run ./wmt-hf --text "der hund rot"          # fairseq translation / language model: text only
     """
     from hfport.family import RunInputs
 
     pictures = [open_image(path) for path in images]  # before the model loads: a bad image fails fast
     converted = open_folder(folder, trust_remote_code)
+    if not pictures and getattr(converted.family, "takes_images", True):
+        raise ConfigError(f"{converted.family.title} models need an image: give --image FILE")
     inputs = RunInputs(images=pictures, text=text, task=task, num_beams=1 if greedy else num_beams,
                        max_length=max_length, top_k=top_k)
     result = converted.family.run(converted, inputs)

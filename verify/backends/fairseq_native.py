@@ -125,15 +125,23 @@ def generate_run(model: Any, task: Any, inputs: Dict[str, torch.Tensor], beam_si
     }
 
 
-def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: int = 12) -> Dict[str, Any]:
-    """The golden dict of a fairseq translation checkpoint on the sentences in `data_dir`/probes.txt."""
+def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: int = 12, sets=None) -> Dict[str, Any]:
+    """The golden dict of a fairseq translation checkpoint on the sentences in `data_dir`/probes.txt, or on the
+    source token rows of `sets["inputs"]` (a live verification's probes; padded as the task pads them)."""
     model, task, cfg = load(checkpoint, data_dir)
-    with open(os.path.join(data_dir, "probes.txt")) as f:
-        sentences = [line.strip() for line in f if line.strip()]
-    bpe = gpt2_bpe(data_dir)
-    rows = encode_sentences(task, sentences, bpe)
     is_bart = type(model).__name__.startswith("BART")
     left = bool(getattr(task.cfg, "left_pad_source", True)) and not is_bart
+    if sets is None:
+        with open(os.path.join(data_dir, "probes.txt")) as f:
+            sentences = [line.strip() for line in f if line.strip()]
+        bpe = gpt2_bpe(data_dir)
+        rows = encode_sentences(task, sentences, bpe)
+    else:
+        if list(sets) != ["inputs"]:
+            raise ValueError("fairseq translation input sets: one set named 'inputs', not {}".format(list(sets)))
+        pad = task.source_dictionary.pad()
+        sentences = None
+        rows = [[int(t) for t in row if int(t) != pad] for row in sets["inputs"]["src_tokens"]]
     inputs = translation_probes(task, rows, left)
     generation = OrderedDict()
     for beam in beams:
@@ -150,7 +158,7 @@ def record_translation(checkpoint: str, data_dir: str, beams=(1, 4), max_len_b: 
     ])
     golden["meta"] = {
         "sentences": sentences,
-        "tokenizer_ids": rows,  # what fairseq makes of each sentence (the converted tokenizer must agree)
+        "tokenizer_ids": rows if sentences is not None else None,  # what fairseq makes of each sentence (the converted tokenizer must agree)
         "arch": getattr(cfg.model, "arch", None) or getattr(cfg.model, "_name", None),
         "special_ids": {"bos": d.bos(), "pad": d.pad(), "eos": d.eos(), "unk": d.unk()},
         "dict_size": {"source": len(task.source_dictionary), "target": len(task.target_dictionary)},
@@ -188,9 +196,7 @@ def record_golden(checkpoint: str, data_dir: str, sets=None, options=None) -> Di
     from hfport.read.torch_file import file_sha256
     from hfport.verify.record import RECORDER, _versions
 
-    if sets is not None:
-        raise ValueError("fairseq translation goldens are recorded on the sentences of probes.txt, not --inputs")
-    golden = record_translation(checkpoint, data_dir)
+    golden = record_translation(checkpoint, data_dir, sets=sets)
     golden["meta"].update(recorder=RECORDER, checkpoint_sha256=file_sha256(checkpoint), versions=_versions(["fairseq"]),
                           torch_num_threads=torch.get_num_threads())
     return golden
