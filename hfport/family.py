@@ -79,6 +79,7 @@ class RunInputs:
     num_beams: int = 5
     max_length: int = 20
     top_k: int = 5
+    answers: Optional[List[str]] = None  # OFA: decode only one of these (--answers)
 
 
 class Family(Protocol):

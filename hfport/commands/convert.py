@@ -28,10 +28,12 @@ from hfport.converters.pipeline import convert_checkpoint
 @click.option("--text-config", help="METER: the text tower's config (roberta-base, a folder, or a config.json).")
 @click.option("--tokenizer", help="METER: tokenizer folder or id to ship with the model.")
 @click.option("--head", help="METER: which task head to keep when a checkpoint has several (vqa, itm, mlm, ...).")
+@click.option("--labels", type=click.Path(path_type=Path), help="METER classifier heads: the answer vocabulary "
+              "(JSON list, {id: label}, METER/OFA ans2label dict or .pkl, or one label per line) for id2label.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, dictionary, bpe,
             patch_image_size,
-            text_config, tokenizer, head, quiet):
+            text_config, tokenizer, head, labels, quiet):
     """Convert an OFA (.pt), fairseq translation transformer / BART (.pt) or METER (.ckpt) checkpoint into a
     Hugging Face model folder (fairseq's own families into stock transformers classes).
 
@@ -45,7 +47,7 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allo
       hfport convert meter_clip16_288_roberta_vqa.ckpt ./meter-vqa-hf --text-config roberta-base
     """
     options = dict(bpe_dir=bpe_dir, dictionary=dictionary, bpe=bpe, patch_image_size=patch_image_size, text_config=text_config,
-                   tokenizer=tokenizer, head=head)
+                   tokenizer=tokenizer, head=head, labels=labels)
     options = {k: v for k, v in options.items() if v is not None}
     if quiet:
         folder = convert_checkpoint(checkpoint, output, force=force, dtype=dtype, max_shard_size=max_shard_size,
