@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -243,23 +241,25 @@ def test_answer_constrained_decoding_returns_the_best_scored_listed_answer(ofa, 
     constraint = processor.constrain_to_answers(ANSWERS)
     greedy = model.generate(**inputs, max_new_tokens=8, prefix_allowed_tokens_fn=constraint)
     assert processor.decode(greedy[0]) in ANSWERS
-    unconstrained = processor.decode(model.generate(**inputs, max_new_tokens=8)[0])
+    # without its own favourite on the list, the model still answers from the list
+    favourite = processor.decode(model.generate(**inputs, max_new_tokens=8)[0])
+    others = [answer for answer in ANSWERS if answer != favourite]
+    forced = model.generate(**inputs, max_new_tokens=8, prefix_allowed_tokens_fn=processor.constrain_to_answers(others))
+    assert processor.decode(forced[0]) in others
     # a beam per answer and no length penalty make the search exhaustive: the best answer by its total score
     beams = model.generate(**inputs, max_new_tokens=8, num_beams=len(ANSWERS), length_penalty=0.0,
                            prefix_allowed_tokens_fn=constraint)
     best = ANSWERS[int(_answer_scores(model, processor, inputs, ANSWERS).argmax())]
     assert processor.decode(beams[0]) == best
-    assert unconstrained not in ANSWERS or unconstrained  # the constraint, not luck, keeps answers in the list
 
 
-def test_run_with_an_answer_file_prints_a_listed_answer(ofa_folder, tmp_path):
+def test_run_with_an_answer_file_prints_a_listed_answer(ofa_folder, tmp_path, capsys):
     answers = tmp_path / "trainval_ans2label.pkl"
     answers.write_bytes(pickle.dumps({answer: i for i, answer in enumerate(ANSWERS)}, protocol=4))
-    result = subprocess.run([sys.executable, "-m", "hfport.cli", "run", str(ofa_folder), "--image",
-                             str(DATA / "images" / "rgb_37x23.png"), "--text", QUESTION, "--task", "vqa",
-                             "--answers", str(answers)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() in ANSWERS
+    code, out, err = _cli(capsys, "run", ofa_folder, "--image", DATA / "images" / "rgb_37x23.png", "--text",
+                          QUESTION, "--task", "vqa", "--answers", answers)
+    assert code == 0, err
+    assert out.strip() in ANSWERS
 
 
 def test_grounding_boxes_round_trip_through_ofa_bin_tokens(ofa):
@@ -318,37 +318,44 @@ def test_a_label_pickle_that_imports_anything_is_refused_without_running_it(tmp_
     assert not marker.exists()
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hfport.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    """`hfport ARGS` in this process (the CLI's own error handling included): exit code, stdout, stderr."""
+    from hfport.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_meter_labels_fill_id2label_and_run_prints_answers_not_indices(shared_root, tmp_path):
+def test_meter_labels_fill_id2label_and_run_prints_answers_not_indices(shared_root, tmp_path, capsys):
     from transformers import AutoConfig
 
     source = shared_root / "fixtures" / "meter" / "meter-tiny-vqa-lightning"
     labels = tmp_path / "ans2label.json"
     labels.write_text(json.dumps({label: i for i, label in enumerate(LABELS)}))
     out = tmp_path / "vqa"
-    result = _cli("convert", source / "checkpoint.ckpt", out, "--text-config", source / "text_config.json",
-                  "--tokenizer", DATA / "meter_tokenizers" / "tiny-bert-uncased", "--labels", labels, "--quiet")
-    assert result.returncode == 0, result.stderr
+    code, _, err = _cli(capsys, "convert", source / "checkpoint.ckpt", out, "--text-config",
+                        source / "text_config.json", "--tokenizer", DATA / "meter_tokenizers" / "tiny-bert-uncased",
+                        "--labels", labels, "--quiet")
+    assert code == 0, err
     config = AutoConfig.from_pretrained(str(out), trust_remote_code=True)
     assert config.id2label == dict(enumerate(LABELS)) and config.label2id["cat"] == 4
-    run = _cli("run", out, "--image", DATA / "images" / "rgb_37x23.png", "--text", QUESTION, "--top-k", "3")
-    assert run.returncode == 0, run.stderr
-    printed = [line.split(None, 1)[1] for line in run.stdout.strip().splitlines()]
+    code, printed, err = _cli(capsys, "run", out, "--image", DATA / "images" / "rgb_37x23.png", "--text", QUESTION,
+                              "--top-k", "3")
+    assert code == 0, err
+    printed = [line.split(None, 1)[1] for line in printed.strip().splitlines()]
     assert len(printed) == 3 and set(printed) <= set(LABELS)
 
 
 def test_a_label_count_that_does_not_fit_the_head_is_refused_in_one_line_before_anything_is_written(shared_root,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path, capsys):
     source = shared_root / "fixtures" / "meter" / "meter-tiny-vqa-lightning"
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(LABELS[:5]))
     out = tmp_path / "vqa"
-    result = _cli("convert", source / "checkpoint.ckpt", out, "--text-config", source / "text_config.json",
-                  "--labels", labels, "--quiet")
-    assert result.returncode != 0 and not out.exists() and not list(tmp_path.glob(".vqa*"))
-    lines = result.stderr.strip().splitlines()
+    code, _, err = _cli(capsys, "convert", source / "checkpoint.ckpt", out, "--text-config",
+                        source / "text_config.json", "--labels", labels, "--quiet")
+    assert code != 0 and not out.exists() and not list(tmp_path.glob(".vqa*"))
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "5 labels" in lines[0] and "7 outputs" in lines[0]
