@@ -237,7 +237,8 @@ def build_config(state: dict, hp: dict, text, head_class: str, kept: set[str]):
     return config
 
 
-def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, head=None, **unused) -> Prepared:
+def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, head=None, labels=None,
+            **unused) -> Prepared:
     reject_unused_options(unused, "METER")
     from hfport.models.meter import modeling_meter
 
@@ -246,6 +247,8 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
     head_class, kept, task = choose_head(state, head)
     text = load_text_config(text_config, tokenizer)
     config = build_config(state, hp, text, head_class, kept)
+    if labels is not None:
+        apply_label_file(config, labels, head_class, task)
     flags = {f"keep_{h}": h in kept for h in HEADS}
     notes = []
     if config.image_size != config.vision_config.image_size:
@@ -276,6 +279,18 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
         source_dtype=dtype, notes=notes, write_extras=write_extras)
 
 
+
+
+CLASSIFIER_HEADS = {"MeterForQuestionAnswering", "MeterForVisualEntailment", "MeterForVisualReasoning"}
+
+
+def apply_label_file(config, path, head_class: str, task: str) -> None:
+    """`--labels`: the answer vocabulary of a classifier head becomes the config's id2label / label2id."""
+    from hfport.labels import apply_labels, read_labels
+
+    if head_class not in CLASSIFIER_HEADS:
+        raise ConfigError(f"--labels names the answers of a classifier head; this checkpoint's {head_class} has none")
+    apply_labels(config, read_labels(path), task)
 
 
 def describe(checkpoint: dict) -> dict:

@@ -31,15 +31,10 @@ class MeterFamily(BaseFamily):
     }
     hub_tags = ("multimodal", "custom_code")
     processor_hint = "--tokenizer (METER)"
-    # The Hub has no visual-entailment / visual-reasoning task: NLVR2 and SNLI-VE give a fixed-choice verdict on an
-    # (image, sentence) pair, which is closest to visual question answering.
-    pipeline_tags = (
-        (("vqa", "question"), "visual-question-answering"),
-        (("irtr", "retrieval", "itm", "matching"), "zero-shot-image-classification"),
-        (("nlvr", "reasoning", "snli", "entail"), "visual-question-answering"),
-        (("fill-mask", "maskedlm"), "fill-mask"),
-        ((), "feature-extraction"),  # pre-trained METER (MLM + ITM heads)
-    )
+    # No tag: no transformers 5 pipeline runs METER (it has no visual-question-answering pipeline; feature-extraction
+    # and fill-mask feed text alone, zero-shot-image-classification expects CLIP's logits_per_image). The card then
+    # advertises nothing it cannot run; the usage snippet shows the Auto class.
+    pipeline_tags = ()
 
     # -- verification ------------------------------------------------------------------------------------------
     def probes(self, folder, seed):
@@ -81,6 +76,9 @@ class MeterFamily(BaseFamily):
         processor, model = folder.load_processor(), folder.load_model().eval()
         if inputs.text is None:
             raise ConfigError("METER models need --text")
+        if inputs.answers:
+            raise ConfigError("--answers constrains OFA's decoding; a METER head's answers come from its id2label "
+                              "(hfport convert --labels)")
         return run_meter(folder.config, processor, model, inputs.images, inputs.text, inputs.top_k)
 
 

@@ -209,6 +209,8 @@ def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
         "AutoConfig": "modeling_ofa.OFAConfig",
         "AutoModel": "modeling_ofa.OFAModel",
         "AutoModelForSeq2SeqLM": "modeling_ofa.OFAForConditionalGeneration",
+        # what pipeline("image-text-to-text") loads: image + text in, generated text out
+        "AutoModelForImageTextToText": "modeling_ofa.OFAForConditionalGeneration",
     }
     config.architectures = ["OFAForConditionalGeneration"]
     return config

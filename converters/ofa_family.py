@@ -34,14 +34,10 @@ class OFAFamily(BaseFamily):
     # the released checkpoints whose HF-style ports OFA-Sys published on the Hub
     base_models = {f"ofa_{size}.pt": f"OFA-Sys/ofa-{size}" for size in ("tiny", "medium", "base", "large", "huge")}
     processor_hint = "--bpe-dir (OFA)"
-    pipeline_tags = (
-        (("vqa", "question"), "visual-question-answering"),
-        (("caption",), "image-to-text"),
-        (("refcoco", "grounding"), "zero-shot-object-detection"),
-        (("snli", "entail"), "visual-question-answering"),
-        (("gigaword", "summar"), "summarization"),
-        ((), "image-to-text"),  # pre-trained OFA: image + instruction in, text out
-    )
+    # Only a tag whose transformers pipeline runs the folder: transformers 5 has no image-to-text, VQA,
+    # summarization pipeline any more, and zero-shot-object-detection expects a detector's outputs. Every OFA task
+    # is image (or none) + text in, text out: `pipeline("image-text-to-text", model=folder)` (auto_map entry).
+    pipeline_tags = (((), "image-text-to-text"),)
 
     # -- verification ------------------------------------------------------------------------------------------
     def probes(self, folder, seed):
@@ -82,10 +78,11 @@ class OFAFamily(BaseFamily):
         processor, model = folder.load_processor(), folder.load_model().eval()
         if len(inputs.images) != 1:
             raise ConfigError("OFA reads one image: pass --image once")
-        return run_ofa(processor, model, inputs.images[0], inputs.text, inputs.task, inputs.num_beams, inputs.max_length)
+        return run_ofa(processor, model, inputs.images[0], inputs.text, inputs.task, inputs.num_beams, inputs.max_length,
+                       answers=inputs.answers)
 
 
-def run_ofa(processor, model, image, text, task, num_beams, max_length) -> dict:
+def run_ofa(processor, model, image, text, task, num_beams, max_length, answers=None) -> dict:
     import torch
 
     task = task or ("caption" if text is None else "none")
@@ -95,6 +92,7 @@ def run_ofa(processor, model, image, text, task, num_beams, max_length) -> dict:
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
             patch_images=inputs["patch_images"], patch_masks=inputs["patch_masks"],
             num_beams=num_beams, max_new_tokens=max_length, do_sample=False,
+            prefix_allowed_tokens_fn=processor.constrain_to_answers(answers) if answers else None,
         )
     ids = [int(i) for i in sequences[0]]
     if ids and ids[0] == model.config.decoder_start_token_id:

@@ -83,6 +83,7 @@ class RunInputs:
     num_beams: int = 5
     max_length: int = 20
     top_k: int = 5
+    answers: Optional[List[str]] = None  # OFA: decode only one of these (--answers)
 
 
 class Family(Protocol):
@@ -300,6 +301,9 @@ class FolderError(ConfigError):
 
 
 # Auto classes that load something other than the model
+# auto_map entries that only register a class for a pipeline: the folder's own Auto class is the other one
+# (config.json stores auto_map with sorted keys, so file order cannot say which is primary)
+PIPELINE_AUTO_CLASSES = {"AutoModelForImageTextToText"}
 NOT_MODEL_AUTO_CLASSES = {"AutoConfig", "AutoTokenizer", "AutoProcessor", "AutoImageProcessor", "AutoFeatureExtractor"}
 
 
@@ -309,7 +313,7 @@ def auto_class_for(config: dict, model_class: Optional[str] = None) -> str:
                 if isinstance(v, str) and k not in NOT_MODEL_AUTO_CLASSES}
     model_class = model_class or next(iter(config.get("architectures") or []), None)
     matching = [k for k, v in auto_map.items() if model_class and v.rsplit(".", 1)[-1] == model_class]
-    specific = [k for k in matching if k != "AutoModel"]
+    specific = sorted((k for k in matching if k != "AutoModel"), key=lambda k: k in PIPELINE_AUTO_CLASSES)
     if specific or matching:
         return (specific or matching)[0]
     return "AutoModel" if "AutoModel" in auto_map or not auto_map else next(iter(auto_map))
@@ -321,7 +325,7 @@ def _auto_class(config: dict, model_class: Optional[str], family: Any) -> Option
     auto_map = {k: v for k, v in (config.get("auto_map") or {}).items()
                 if isinstance(v, str) and k not in NOT_MODEL_AUTO_CLASSES}
     matching = [k for k, v in auto_map.items() if model_class and v.rsplit(".", 1)[-1] == model_class]
-    specific = [k for k in matching if k != "AutoModel"]
+    specific = sorted((k for k in matching if k != "AutoModel"), key=lambda k: k in PIPELINE_AUTO_CLASSES)
     if specific or matching:
         return (specific or matching)[0]
     stock = (getattr(family, "auto_classes", None) or {}).get(model_class or "")

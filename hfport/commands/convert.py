@@ -34,11 +34,13 @@ from hfport.converters.pipeline import convert_checkpoint
 @click.option("--tokenizer", help="METER: tokenizer folder or id to ship with the model.")
 @click.option("--head", help="METER: which task head to keep when a checkpoint has several (vqa, itm, mlm, ...); "
               "fairseq RoBERTa / XLM-R: which classification_heads.NAME.")
+@click.option("--labels", type=click.Path(path_type=Path), help="METER classifier heads: the answer vocabulary "
+              "(JSON list, {id: label}, METER/OFA ans2label dict or .pkl, or one label per line) for id2label.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (no progress output).")
 def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allow_nonfinite, bpe_dir, dictionary,
             target_dictionary, bpe, patch_image_size,
-            text_config, tokenizer, head, quiet, as_json):
+            text_config, tokenizer, head, labels, quiet, as_json):
     """Convert an OFA (.pt), fairseq translation transformer / BART (.pt) or METER (.ckpt) checkpoint into a
     Hugging Face model folder (fairseq's own families into stock transformers classes).
 
@@ -51,8 +53,9 @@ def command(checkpoint, output, dtype, max_shard_size, force, trust_pickle, allo
       hfport convert ofa_large.pt ./ofa-large-fp16 --dtype float16 --max-shard-size 500MB
       hfport convert meter_clip16_288_roberta_vqa.ckpt ./meter-vqa-hf --text-config roberta-base
     """
-    options = dict(bpe_dir=bpe_dir, dictionary=dictionary, target_dictionary=target_dictionary, bpe=bpe, patch_image_size=patch_image_size, text_config=text_config,
-                   tokenizer=tokenizer, head=head)
+    options = dict(bpe_dir=bpe_dir, dictionary=dictionary, target_dictionary=target_dictionary, bpe=bpe,
+                   patch_image_size=patch_image_size, text_config=text_config, tokenizer=tokenizer, head=head,
+                   labels=labels)
     options = {k: v for k, v in options.items() if v is not None}
     quiet = quiet or as_json
     if quiet:

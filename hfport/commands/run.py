@@ -73,11 +73,14 @@ def open_image(path: str):
 @click.option("--max-new-tokens", "--max-length", "max_length", type=click.IntRange(1), default=20, show_default=True,
               help="Most new tokens to generate (--max-length is the older spelling).")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="METER: answers to show.")
+@click.option("--answers", "answers_file", type=click.Path(path_type=Path),
+              help="OFA: decode only one of these answers (JSON list, ans2label dict or .pkl, or one per line).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Run the folder's Python even where it differs from the model code this hfport ships "
                    "(refused otherwise).")
-def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as_json, trust_remote_code):
+def command(folder, images, text, task, num_beams, greedy, max_length, top_k, answers_file, as_json,
+            trust_remote_code):
     """Run a converted model on an image (and a text) and print its answer.
 
     \b
@@ -89,12 +92,15 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, as
     """
     from hfport.family import RunInputs
 
+    from hfport.labels import read_labels
+
+    answers = read_labels(answers_file) if answers_file is not None else None
     pictures = [open_image(path) for path in images]  # before the model loads: a bad image fails fast
     converted = open_folder(folder, trust_remote_code)
     if not pictures and getattr(converted.family, "takes_images", True):
         raise ConfigError(f"{converted.family.title} models need an image: give --image FILE")
     inputs = RunInputs(images=pictures, text=text, task=task, num_beams=1 if greedy else num_beams,
-                       max_length=max_length, top_k=top_k)
+                       max_length=max_length, top_k=top_k, answers=answers)
     result = converted.family.run(converted, inputs)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False, indent=2))

@@ -200,7 +200,9 @@ class MeterPreTrainedModel(PreTrainedModel):
     base_model_prefix = "meter"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = False
+    # every tower and fusion layer is a transformers GradientCheckpointingLayer (BertLayer, RobertaLayer,
+    # CLIPEncoderLayer, SwinStage), called with its hidden states positionally
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = False  # the fusion and text layers get explicit additive 4-D masks
     _supports_flex_attn = False

@@ -18,9 +18,14 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_ofa import RESNET_LAYERS, OFAConfig
+
+logger = logging.get_logger(__name__)
 
 # OFA builds its relative-position bucket tables for this many positions, whatever max_*_positions says.
 BUCKET_TABLE_POSITIONS = 1024
@@ -137,6 +142,33 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     shifted[:, 1:] = labels[:, :-1].clone()
     shifted[:, 0] = decoder_start_token_id
     return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def collect_attentions(per_layer: list, wanted: bool | None) -> tuple[torch.Tensor, ...] | None:
+    """Per-layer attention probabilities, when asked for and computed (only the eager implementation has them)."""
+    if not wanted:
+        return None
+    if any(weights is None for weights in per_layer):
+        logger.warning_once(
+            "OFA returns attention probabilities only with the eager implementation: load the model with "
+            "attn_implementation='eager' or call model.set_attn_implementation('eager')"
+        )
+        return None
+    return tuple(per_layer)
+
+
+def pick_image_input(patch_images: torch.Tensor | None, pixel_values: torch.Tensor | None) -> torch.Tensor | None:
+    """OFA's `patch_images`, or the same images under transformers' usual name `pixel_values`."""
+    if patch_images is not None and pixel_values is not None and patch_images is not pixel_values:
+        raise ValueError("pass the image once: as patch_images or as pixel_values, not both")
+    return patch_images if patch_images is not None else pixel_values
+
+
+def decoder_mask_from_4d(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A prepared 4-D mask (bool: True = attend, or already additive) -> additive float bias."""
+    if mask.is_floating_point():
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask.bool(), float("-inf"))
 
 
 def padding_to_bias(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -290,6 +322,25 @@ class OFAResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def ofa_eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float = 1.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in plain matmuls, softmax in fp32; returns (batch, query, heads, head_dim) and the probabilities."""
+    scores = torch.matmul(query * scaling if scaling != 1.0 else query, key.transpose(-1, -2))
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = F.softmax(scores.float(), dim=-1).type_as(scores)
+    attn = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
+    return attn.transpose(1, 2).contiguous(), probs
+
+
 class OFAAttention(nn.Module):
     """Multi-head attention with an additive bias (position biases and masks) and an optional per-head scale."""
 
@@ -312,6 +363,7 @@ class OFAAttention(nn.Module):
         self.layer_idx = layer_idx
         self.is_cross_attention = is_cross_attention
         self.dropout = config.attention_dropout
+        self.is_causal = False  # masks always come as explicit biases
         kv_dim = kv_dim or embed_dim
         self.k_proj = nn.Linear(kv_dim, embed_dim)
         self.v_proj = nn.Linear(kv_dim, embed_dim)
@@ -330,7 +382,8 @@ class OFAAttention(nn.Module):
         attention_bias: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         prompt_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, attention probabilities or None: only the eager implementation computes them)."""
         batch_size, query_len, _ = hidden_states.shape
         query = self._split_heads(self.q_proj(hidden_states) * self.scaling)
 
@@ -366,21 +419,26 @@ class OFAAttention(nn.Module):
             if attention_bias is not None:
                 attention_bias = F.pad(attention_bias, (prompt_key.shape[2], 0))
 
-        dropout = self.dropout if self.training else 0.0
-        if self.config._attn_implementation == "sdpa":
-            # the query is already scaled; position biases and padding ride along as a float mask
-            bias = attention_bias.to(query.dtype) if attention_bias is not None else None
-            attn = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=1.0)
-        else:
-            scores = torch.matmul(query, key.transpose(-1, -2))
-            if attention_bias is not None:
-                scores = scores + attention_bias
-            probs = F.softmax(scores.float(), dim=-1).type_as(scores)
-            attn = torch.matmul(F.dropout(probs, p=dropout, training=self.training), value)
-        attn = attn.transpose(1, 2)  # batch, query, heads, head_dim
+        if attention_bias is not None and attention_bias.shape[-1] < key.shape[2]:
+            # a static cache hands back all its slots: the ones not written yet are masked out
+            attention_bias = F.pad(attention_bias, (0, key.shape[2] - attention_bias.shape[-1]), value=float("-inf"))
+
+        # the query is already scaled; position biases and padding ride along as one additive float mask
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, ofa_eager_attention)
+        attn, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_bias.to(query.dtype) if attention_bias is not None else None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=1.0,
+            is_causal=False,
+        )
+        # batch, query, heads, head_dim
         if self.c_attn is not None:
             attn = attn * self.c_attn[:, None]
-        return self.out_proj(attn.reshape(batch_size, query_len, self.embed_dim))
+        return self.out_proj(attn.reshape(batch_size, query_len, self.embed_dim)), weights
 
 
 class OFAPromptEncoder(nn.Module):
@@ -446,7 +504,7 @@ def build_adapter(config: OFAConfig, dim: int) -> OFAAdapter | None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class OFAEncoderLayer(nn.Module):
+class OFAEncoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
         super().__init__()
         dim = config.encoder_embed_dim
@@ -473,19 +531,20 @@ class OFAEncoderLayer(nn.Module):
         hidden_states: torch.Tensor,
         attention_bias: torch.Tensor,
         prompt_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states, self-attention probabilities: None unless eager)."""
         residual = hidden_states
         x = self.self_attn_layer_norm(hidden_states) if self.normalize_before else hidden_states
-        x = self.self_attn(x, attention_bias=attention_bias, prompt_key_values=prompt_key_values)
+        x, self_weights = self.self_attn(x, attention_bias=attention_bias, prompt_key_values=prompt_key_values)
         if self.self_attn_mid_layer_norm is not None:
             x = self.self_attn_mid_layer_norm(x)
         x = self._residual(F.dropout(x, self.dropout, self.training), residual)
         if not self.normalize_before:
             x = self.self_attn_layer_norm(x)
-        return feed_forward(self, x, self.normalize_before)
+        return feed_forward(self, x, self.normalize_before), self_weights
 
 
-class OFADecoderLayer(nn.Module):
+class OFADecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
         super().__init__()
         dim = config.decoder_embed_dim
@@ -521,10 +580,11 @@ class OFADecoderLayer(nn.Module):
         cross_attention_bias: torch.Tensor,
         past_key_values: Cache | None = None,
         prompt_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(hidden states, self- and cross-attention probabilities: None unless eager)."""
         residual = hidden_states
         x = self.self_attn_layer_norm(hidden_states) if self.normalize_before else hidden_states
-        x = self.self_attn(
+        x, self_weights = self.self_attn(
             x,
             attention_bias=self_attention_bias,
             past_key_values=past_key_values,
@@ -539,7 +599,7 @@ class OFADecoderLayer(nn.Module):
         residual = x
         if self.normalize_before:
             x = self.cross_attn_layer_norm(x)
-        x = self.cross_attn(
+        x, cross_weights = self.cross_attn(
             x,
             key_value_states=encoder_hidden_states,
             attention_bias=cross_attention_bias,
@@ -550,7 +610,7 @@ class OFADecoderLayer(nn.Module):
         x = self._residual(F.dropout(x, self.dropout, self.training), residual)
         if not self.normalize_before:
             x = self.cross_attn_layer_norm(x)
-        return feed_forward(self, x, self.normalize_before)
+        return feed_forward(self, x, self.normalize_before), self_weights, cross_weights
 
 
 def feed_forward(layer: OFAEncoderLayer | OFADecoderLayer, x: torch.Tensor, normalize_before: bool) -> torch.Tensor:
@@ -682,8 +742,11 @@ class OFAEncoder(nn.Module):
         patch_masks: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
         **kwargs,
     ) -> OFAEncoderOutput:
+        patch_images = pick_image_input(patch_images, pixel_values)
         batch_size, text_len = input_ids.shape
         text_padding = input_ids.eq(self.padding_idx) if attention_mask is None else attention_mask.eq(0)
         text_positions = self.embed_positions(torch.arange(text_len, device=input_ids.device))[None]
@@ -736,7 +799,7 @@ class OFAEncoder(nn.Module):
             image_buckets = self.image_rp_bucket[patch_position_ids][:, patch_position_ids]
 
         prompts = self.prompt_encoder() if self.prompt_encoder is not None else None
-        hidden_states = [x]
+        hidden_states, attentions = [x], []
         for idx, layer in enumerate(self.layers):
             bias = abs_bias.clone()
             bias[:, :, num_patches:, num_patches:] += relative_position_bias(
@@ -746,13 +809,15 @@ class OFAEncoder(nn.Module):
                 bias[:, :, :num_patches, :num_patches] += relative_position_bias(
                     self.image_rel_pos_table_list[idx], image_buckets
                 )[None]
-            x = layer(x, attention_bias=bias + padding_bias, prompt_key_values=prompts[idx] if prompts else None)
+            x, weights = layer(x, attention_bias=bias + padding_bias, prompt_key_values=prompts[idx] if prompts else None)
             hidden_states.append(x)
+            attentions.append(weights)
 
         last_hidden_state = self.layer_norm(x) if self.layer_norm is not None else x
         return OFAEncoderOutput(
             last_hidden_state=last_hidden_state,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=collect_attentions(attentions, output_attentions),
             padding_mask=padding_mask,
             position_embeddings=position_embeddings,
         )
@@ -851,9 +916,10 @@ class OFADecoder(nn.Module):
         code_masks: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ):
         batch_size, new_len = input_ids.shape
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_len = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
         total_len = past_len + new_len
         device = input_ids.device
 
@@ -891,23 +957,27 @@ class OFADecoder(nn.Module):
 
         # causal mask over (new queries, all keys) plus padding of the keys
         causal = torch.ones(new_len, total_len, dtype=torch.bool, device=device).triu(past_len + 1)
-        if attention_mask is None:
-            key_padding = input_ids.eq(self.padding_idx)
-            if past_len:
-                key_padding = torch.cat([key_padding.new_zeros(batch_size, past_len), key_padding], dim=1)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # generate prepares a full (batch, 1, new, cache slots) mask itself for static caches
+            mask = decoder_mask_from_4d(attention_mask[..., :total_len], self_abs_bias.dtype)
         else:
-            key_padding = attention_mask[:, -total_len:].eq(0)
-            if key_padding.shape[1] < total_len:
-                key_padding = torch.cat(
-                    [key_padding.new_zeros(batch_size, total_len - key_padding.shape[1]), key_padding], dim=1
-                )
-        mask = padding_to_bias(key_padding, self_abs_bias.dtype).masked_fill(causal, float("-inf"))
+            if attention_mask is None:
+                key_padding = input_ids.eq(self.padding_idx)
+                if past_len:
+                    key_padding = torch.cat([key_padding.new_zeros(batch_size, past_len), key_padding], dim=1)
+            else:
+                key_padding = attention_mask[:, -total_len:].eq(0)
+                if key_padding.shape[1] < total_len:
+                    key_padding = torch.cat(
+                        [key_padding.new_zeros(batch_size, total_len - key_padding.shape[1]), key_padding], dim=1
+                    )
+            mask = padding_to_bias(key_padding, self_abs_bias.dtype).masked_fill(causal, float("-inf"))
 
         prompts = self.prompt_encoder() if self.prompt_encoder is not None else None
-        hidden_states = [x]
+        hidden_states, self_attentions, cross_attentions = [x], [], []
         for idx, layer in enumerate(self.layers):
             self_bias = self_abs_bias + self._self_relative_bias(idx, code_masks, past_len, total_len)
-            x = layer(
+            x, self_weights, cross_weights = layer(
                 x,
                 self_attention_bias=self_bias + mask,
                 encoder_hidden_states=encoder_hidden_states,
@@ -916,12 +986,18 @@ class OFADecoder(nn.Module):
                 prompt_key_values=prompts[idx] if prompts else None,
             )
             hidden_states.append(x)
+            self_attentions.append(self_weights)
+            cross_attentions.append(cross_weights)
 
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
-        return x, (tuple(hidden_states) if output_hidden_states else None)
+        attentions = (
+            collect_attentions(self_attentions, output_attentions),
+            collect_attentions(cross_attentions, output_attentions),
+        )
+        return x, (tuple(hidden_states) if output_hidden_states else None), attentions
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -934,7 +1010,9 @@ class OFAPreTrainedModel(PreTrainedModel):
     config: OFAConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = False  # every attention takes an additive float bias (position biases, masks)
+    _supports_flex_attn = False
     _no_split_modules = ["OFAEncoderLayer", "OFADecoderLayer", "OFAResNet"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True  # attention takes an additive float bias, which SDPA accepts as its mask
@@ -1014,18 +1092,22 @@ class OFAPreTrainedModel(PreTrainedModel):
         past_key_values,
         use_cache,
         output_hidden_states,
+        output_attentions=None,
+        pixel_values=None,
     ):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids,
                 attention_mask=attention_mask,
-                patch_images=patch_images,
+                patch_images=pick_image_input(patch_images, pixel_values),
                 patch_masks=patch_masks,
                 output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
             )
         elif not isinstance(encoder_outputs, OFAEncoderOutput):
             raise TypeError("encoder_outputs must be the OFAEncoderOutput returned by the OFA encoder")
@@ -1035,7 +1117,7 @@ class OFAPreTrainedModel(PreTrainedModel):
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
         if not use_cache:
             past_key_values = None
-        features, decoder_hidden_states = self.decoder(
+        features, decoder_hidden_states, decoder_attentions = self.decoder(
             decoder_input_ids,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_padding_mask=encoder_outputs.padding_mask,
@@ -1044,8 +1126,9 @@ class OFAPreTrainedModel(PreTrainedModel):
             code_masks=code_masks,
             past_key_values=past_key_values,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        return encoder_outputs, features, decoder_hidden_states, past_key_values
+        return encoder_outputs, features, decoder_hidden_states, past_key_values, decoder_attentions
 
 
 class OFAModel(OFAPreTrainedModel):
@@ -1070,9 +1153,11 @@ class OFAModel(OFAPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
         **kwargs,
     ) -> OFASeq2SeqModelOutput | tuple:
-        encoder_outputs, features, decoder_hidden_states, past_key_values = self._encode_and_decode(
+        encoder_outputs, features, decoder_hidden_states, past_key_values, attentions = self._encode_and_decode(
             input_ids,
             attention_mask,
             patch_images,
@@ -1084,13 +1169,18 @@ class OFAModel(OFAPreTrainedModel):
             past_key_values,
             use_cache,
             output_hidden_states,
+            output_attentions,
+            pixel_values,
         )
         output = OFASeq2SeqModelOutput(
             last_hidden_state=features,
             past_key_values=past_key_values,
             decoder_hidden_states=decoder_hidden_states,
+            decoder_attentions=attentions[0],
+            cross_attentions=attentions[1],
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
             encoder_padding_mask=encoder_outputs.padding_mask,
             encoder_position_embeddings=encoder_outputs.position_embeddings,
         )
@@ -1126,11 +1216,14 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
         **kwargs,
     ) -> OFASeq2SeqLMOutput | tuple:
         r"""
         input_ids: source tokens (OFA's `src_tokens`), right-padded with `pad_token_id`.
-        patch_images: `(batch, 3, H, W)` images normalised with mean = std = 0.5.
+        patch_images: `(batch, 3, H, W)` images normalised with mean = std = 0.5 (`pixel_values`, transformers'
+            name for it, is accepted too).
         patch_masks: `(batch,)` bool; False marks a text-only sample whose image positions are padding.
         decoder_input_ids: OFA's `prev_output_tokens` (start with `<s>`); when omitted, `labels` shifted right, or
             without labels the start token `<s>` alone (logits of the first generated token).
@@ -1143,7 +1236,7 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id
                 )
-        encoder_outputs, features, decoder_hidden_states, past_key_values = self._encode_and_decode(
+        encoder_outputs, features, decoder_hidden_states, past_key_values, attentions = self._encode_and_decode(
             input_ids,
             attention_mask,
             patch_images,
@@ -1155,6 +1248,8 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
             past_key_values,
             use_cache,
             output_hidden_states,
+            output_attentions,
+            pixel_values,
         )
         logits = self.decoder.output_projection(features)
         loss = None
@@ -1165,8 +1260,11 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
             logits=logits,
             past_key_values=past_key_values,
             decoder_hidden_states=decoder_hidden_states,
+            decoder_attentions=attentions[0],
+            cross_attentions=attentions[1],
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
             decoder_last_hidden_state=features,
             encoder_padding_mask=encoder_outputs.padding_mask,
             encoder_position_embeddings=encoder_outputs.position_embeddings,
@@ -1178,6 +1276,7 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
         if encoder_outputs is not None:
             # the image was consumed by the encoder; the decoder steps only need encoder_outputs
             model_inputs.pop("patch_images", None)
+            model_inputs.pop("pixel_values", None)
             model_inputs.pop("patch_masks", None)
         return model_inputs
 

@@ -214,6 +214,55 @@ class OFAProcessor(ProcessorMixin):
             boxes.append([x0 * width, y0 * height, x1 * width, y1 * height])
         return boxes
 
+    def post_process_grounding(self, sequences, image_sizes, num_bins: int | None = None) -> list[list[float] | None]:
+        """transformers' name for `post_process_boxes`: generated `<bin_*>` ids -> (x0, y0, x1, y1) pixel boxes."""
+        return self.post_process_boxes(sequences, image_sizes, num_bins)
+
+    def boxes_to_bins(self, boxes, image_sizes, num_bins: int | None = None) -> list[str]:
+        """The inverse: pixel boxes -> OFA's target text, `<bin_i>` for each coordinate, where
+        i = round(coordinate / side * (bins - 1)) with side the image width (x) or height (y)."""
+        n = num_bins or _count_bins(self.tokenizer)
+        texts = []
+        for box, (width, height) in zip(boxes, image_sizes):
+            sides = (width, height, width, height)
+            bins = [min(n - 1, max(0, int(round(float(v) / side * (n - 1))))) for v, side in zip(box, sides)]
+            texts.append("".join(f"<bin_{b}>" for b in bins))
+        return texts
+
+    def answer_token_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        """Each candidate answer as OFA's VQA task decodes it: `<s>`, the tokens of ' ' + answer, `</s>`."""
+        return [list(self.tokenizer(" " + answer.strip())["input_ids"]) for answer in answers]
+
+    def constrain_to_answers(self, answers: Sequence[str]):
+        """A `prefix_allowed_tokens_fn` for `generate` that only lets the decoder spell one of `answers` (OFA's
+        trie-constrained VQA decoding); the decoded text is then always one of them."""
+        return AnswerTrie(self.answer_token_ids(answers), self.tokenizer.eos_token_id).allowed_tokens
+
+
+class AnswerTrie:
+    """Prefix tree of token sequences (each starting with the decoder start token and ending with `</s>`)."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int):
+        self.eos_token_id = eos_token_id
+        self.root: dict = {}
+        for sequence in sequences:
+            node = self.root
+            for token in sequence:
+                node = node.setdefault(int(token), {})
+
+    def next_tokens(self, prefix: Sequence[int]) -> list[int]:
+        node = self.root
+        for token in prefix:
+            node = node.get(int(token))
+            if node is None:
+                return []
+        return list(node)
+
+    def allowed_tokens(self, batch_id: int, prefix) -> list[int]:
+        allowed = self.next_tokens(prefix.tolist() if hasattr(prefix, "tolist") else prefix)
+        # a finished (or foreign) prefix may only end: never an empty set, which would leave no token to pick
+        return allowed or [self.eos_token_id]
+
 
 def _count_bins(tokenizer) -> int:
     return sum(1 for token in tokenizer.get_vocab() if BIN_PATTERN.fullmatch(token))
@@ -250,4 +299,4 @@ def _to_normalized_chw(image: Image.Image, mean: Sequence[float], std: Sequence[
     return np.ascontiguousarray((pixels - mean_) / std_, dtype=np.float32)
 
 
-__all__ = ["OFATokenizerFast", "OFAImageProcessor", "OFAProcessor", "normalize_question", "normalize_caption"]
+__all__ = ["OFATokenizerFast", "OFAImageProcessor", "OFAProcessor", "AnswerTrie", "normalize_question", "normalize_caption"]
