@@ -78,6 +78,8 @@ def main(argv):
     print(f"ready {time.perf_counter() - started:.3f} {_rss_mb():.0f}", flush=True)
     sets = torch.load(inputs_path, weights_only=True)
     for line in sys.stdin:
+        if not line.strip():
+            continue
         command, argument = line.split()
         if command == "tokens":
             print("tokens " + json.dumps(greedy(sets[argument])), flush=True)

@@ -31,7 +31,8 @@ PRESETS = {
 COMMON = dict(vocab_size=59457, scale_attn=True, scale_fc=True, scale_heads=True, disable_entangle=True)
 # OFA's task dictionary: 4 specials, 50260 GPT-2 BPE symbols, <mask>, 8192 image codes, 1000 location bins
 CODE_DICT_SIZE, NUM_BINS = 8192, 1000
-TASK = {"_name": "ofa", "patch_image_size": 384, "code_dict_size": CODE_DICT_SIZE, "num_bins": NUM_BINS, "bpe": "gpt2"}
+TASK = {"_name": "ofa", "patch_image_size": 384, "code_dict_size": CODE_DICT_SIZE, "num_bins": NUM_BINS, "bpe": "gpt2",
+        "bpe_dir": "../../utils/BPE"}
 
 
 def write_task_dictionary(path: Path, vocab_size: int) -> None:
@@ -64,10 +65,14 @@ def make_checkpoint(arch: str, path: Path, *, dtype: torch.dtype = torch.float32
     fairseq_state = dict(Mapping.run(plan, state.__getitem__, arch, ofa.regenerator(model.config)))
     if dtype != torch.float32:
         fairseq_state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in fairseq_state.items()}
-    model_args = {**PRESETS[arch], **COMMON, "arch": arch, "_name": arch}
+    model_args = {**PRESETS[arch], **COMMON, "arch": arch, "_name": arch, "patch_image_size": TASK["patch_image_size"]}
     checkpoint = ofa.original_checkpoint(model.config, fairseq_state, {"hyper_parameters": {"model": model_args,
                                                                                             "task": TASK}})
     checkpoint["cfg"]["common"]["fp16"] = dtype == torch.float16
+    # fairseq's loader upgrades from the last training state it finds
+    checkpoint["optimizer_history"] = [{"criterion_name": "AdjustLabelSmoothedCrossEntropyCriterion",
+                                        "optimizer_name": "Adam", "lr_scheduler_state": {"best": None},
+                                        "num_updates": 0}]
     if adam:
         unique = {t.untyped_storage().data_ptr(): t for t in fairseq_state.values() if t.is_floating_point()}
         params = list(unique.values())

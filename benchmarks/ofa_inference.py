@@ -1,12 +1,13 @@
 """Inference speed of a converted OFA against the original fairseq + OFA code, in one run.
 
-    python benchmarks/ofa_inference.py [--arch ofa_base] [--reps 5] [--convert-option fold_batchnorm=false]
+    python benchmarks/ofa_inference.py [--arch ofa_base] [--reps 5] [--compare-code /path/to/older/hfport/tree]
 
 Writes a random checkpoint of an OFA preset (benchmarks/ofa_checkpoints.py, in --workdir), converts it, and starts
 two long-lived processes holding the same weights: the converted folder through transformers (this Python) and
 the original through fairseq + an OFA checkout (--fairseq-python, --ofa-root; skipped with a note when absent).
 Each case runs once per side as a warm-up, then --reps times with the two sides interleaved (the machine may be
-shared); the table shows the minimum per side. Then a greedy-token check on a trained fixture
+shared); the table shows the minimum per side. --compare-code adds a third side: the same folder with the model code
+of another hfport tree (what this tree's changes gained, measured in the same run). Then a greedy-token check on a trained fixture
 (../shared/fixtures/ofa/ofa-tiny-standard, converted with the same options): both sides must emit the same tokens.
 """
 
@@ -84,7 +85,19 @@ def convert(checkpoint: Path, folder: Path, options: dict) -> None:
     convert_checkpoint(checkpoint, folder, force=True, **options)
 
 
-def start_workers(args, folder: Path, checkpoint: Path, inputs: Path) -> dict[str, Worker]:
+def with_old_code(folder: Path, tree: Path) -> Path:
+    """A copy of `folder` whose model code comes from another hfport source tree."""
+    import shutil
+
+    old = folder.with_name(folder.name + "@old")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(folder, old)
+    for name in ("configuration_ofa.py", "modeling_ofa.py"):
+        shutil.copy2(tree / "hfport" / "models" / "ofa" / name, old / name)
+    return old
+
+
+def start_workers(args, folder: Path, checkpoint: Path, inputs: Path, compare: bool = False) -> dict[str, Worker]:
     import hfport
     import hfport.verify
 
@@ -95,6 +108,10 @@ def start_workers(args, folder: Path, checkpoint: Path, inputs: Path) -> dict[st
         workers["fairseq"] = Worker([args.fairseq_python, str(WORKER), "fairseq", str(checkpoint), str(inputs), threads,
                                      str(args.ofa_root), os.path.dirname(hfport.__file__),
                                      os.path.dirname(hfport.verify.__file__)], env)
+    if compare and args.compare_code:
+        env = {**os.environ, "PYTHONPATH": str(args.compare_code)}
+        workers["hf@old"] = Worker([sys.executable, str(WORKER), "hf", str(with_old_code(folder, args.compare_code)),
+                                    str(inputs), threads], env)
     workers["hf"] = Worker([sys.executable, str(WORKER), "hf", str(folder), str(inputs), threads])
     return workers
 
@@ -144,6 +161,8 @@ def main() -> None:
     parser.add_argument("--convert-option", action="append", default=[],
                         help="NAME=VALUE passed to the conversion (e.g. fold_batchnorm=false)")
     parser.add_argument("--skip-token-check", action="store_true")
+    parser.add_argument("--compare-code", type=Path, help="another hfport source tree (folders converters, mappings, "
+                        "verify linked under hfport/): its model code runs as a third side")
     args = parser.parse_args()
     args.fairseq = Path(args.fairseq_python).is_file() and (args.ofa_root / "models" / "ofa").is_dir()
     options = parse_options(args.convert_option)
@@ -154,7 +173,7 @@ def main() -> None:
     inputs = args.workdir / "inputs.pt"
     make_inputs(inputs, vocab_text=50000, image_size=384)
     load = os.getloadavg()
-    workers = start_workers(args, folder, checkpoint, inputs)
+    workers = start_workers(args, folder, checkpoint, inputs, compare=True)
     times: dict[tuple, dict[str, list[float]]] = {case: {side: [] for side in workers} for case in CASES}
     try:
         for case in CASES:  # warm-up
@@ -172,18 +191,22 @@ def main() -> None:
     print(f"\n{args.arch} fp32, 384 px, source {SOURCE_TOKENS} tokens, {args.threads} threads, min of {args.reps} "
           f"after a warm-up, sides interleaved; conversion options {options or '{}'}; "
           f"load average {load[0]:.1f} before, {load_after[0]:.1f} after")
-    print("| case | fairseq + OFA | converted (transformers) | speed-up | goal |")
-    print("|---|---|---|---|---|")
+    old = "hf@old" in workers
+    print("| case | fairseq + OFA |" + (" converted, old code | speed-up |" if old else "")
+          + " converted (this tree) | speed-up | goal |")
+    print("|---|---|" + ("---|---|" if old else "") + "---|---|---|")
     for kind, batch in CASES:
-        hf = min(times[(kind, batch)]["hf"])
         ref = min(times[(kind, batch)]["fairseq"]) if "fairseq" in workers else None
-        ratio = f"{ref / hf:.2f}x" if ref else "-"
-        print(f"| {CASE_NAMES[kind]}, batch {batch} | {f'{ref:.0f} ms' if ref else 'absent'} | {hf:.0f} ms | {ratio} "
-              f"| >= {GOALS[kind]}x |")
-    hf = workers["hf"]
+        cells = []
+        for side in (["hf@old"] if old else []) + ["hf"]:
+            hf = min(times[(kind, batch)][side])
+            cells.append(f"{hf:.0f} ms | {f'{ref / hf:.2f}x' if ref else '-'}")
+        print(f"| {CASE_NAMES[kind]}, batch {batch} | {f'{ref:.0f} ms' if ref else 'absent'} | " + " | ".join(cells)
+              + f" | >= {GOALS[kind]}x |")
     ref = workers.get("fairseq")
+    loads = [f"{workers[s].load_seconds:.1f} s, {workers[s].rss_mb:.0f} MB RSS | -" for s in (["hf@old"] if old else []) + ["hf"]]
     print(f"| load | {f'{ref.load_seconds:.1f} s, {ref.rss_mb:.0f} MB RSS' if ref else 'absent'} | "
-          f"{hf.load_seconds:.1f} s, {hf.rss_mb:.0f} MB RSS | - | keep |")
+          + " | ".join(loads) + " | keep |")
     if not args.skip_token_check:
         print(token_check(args, options))
 

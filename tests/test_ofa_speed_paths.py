@@ -187,3 +187,31 @@ def test_cached_generation_reuses_the_cross_position_keys_and_matches_uncached_d
         uncached = model.generate(input_ids=src, patch_images=images, max_new_tokens=6, min_new_tokens=6,
                                   num_beams=1, do_sample=False, use_cache=False)
     assert cached.tolist() == uncached.tolist()
+
+
+@pytest.mark.parametrize("norm", ["frozen", "batchnorm", "sync_bn"])
+def test_inference_resnet_with_folded_batchnorm_matches_the_layer_by_layer_resnet(norm):
+    """No-grad eval runs the ResNet with BatchNorm folded into channels-last convolutions; training-style calls
+    (grad enabled) run module by module. Same numbers, and a changed statistic is picked up."""
+    from hfport.models.ofa.configuration_ofa import OFAConfig
+    from hfport.models.ofa.modeling_ofa import OFAResNet
+
+    config = OFAConfig(resnet_type="resnet18", freeze_resnet=norm == "frozen", sync_bn=norm == "sync_bn")
+    torch.manual_seed(0)
+    resnet = OFAResNet(config).eval()
+    with torch.no_grad():  # trained-looking statistics: every BatchNorm far from identity
+        for name, tensor in resnet.state_dict().items():
+            if tensor.is_floating_point() and "conv" not in name and "downsample.0" not in name:
+                centre = 1.0 if name.endswith(("running_var", "weight")) else 0.0
+                tensor.copy_(centre + (torch.rand_like(tensor) - 0.5) * 0.6)
+    pixels = torch.randn(2, 3, 64, 64)
+    reference = resnet(pixels)  # grad enabled: module by module
+    with torch.no_grad():
+        folded = resnet(pixels)
+    assert folded.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(folded, reference.detach(), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        resnet.layer2[0].bn2.running_mean.add_(0.5)
+        changed = resnet(pixels)
+    torch.testing.assert_close(changed, resnet(pixels).detach(), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(changed, folded)

@@ -281,8 +281,54 @@ class OFAResNet(nn.Module):
         return nn.Sequential(*layers), out_channels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            return self._inference_forward(pixel_values)
         x = self.maxpool(F.relu(self.bn1(self.conv1(pixel_values))))
         return self.layer3(self.layer2(self.layer1(x)))
+
+    # -- inference: BatchNorm folded into the convolutions, channels-last ------------------------------------------
+    # In eval mode BatchNorm is an affine map per channel, so conv -> BN is one convolution with scaled weights and a
+    # bias; channels-last weights and activations let oneDNN skip its layout conversions. The folded weights are
+    # computed on the first call and again whenever a weight or statistic changes (storage or version).
+
+    def _conv_bn_pairs(self):
+        yield self.conv1, self.bn1
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:
+                yield from ((block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3))
+                if block.downsample is not None:
+                    yield block.downsample[0], block.downsample[1]
+
+    def _folded_weights(self) -> dict:
+        pairs = list(self._conv_bn_pairs())
+        tensors = [t for conv, bn in pairs for t in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = getattr(self, "_folded_cache", None)
+        if cached is None or cached[0] != key:
+            folded = {}
+            for conv, bn in pairs:
+                scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+                weight = (conv.weight.double() * scale[:, None, None, None]).to(conv.weight.dtype)
+                bias = (bn.bias.double() - bn.running_mean.double() * scale).to(conv.weight.dtype)
+                folded[conv] = (weight.contiguous(memory_format=torch.channels_last), bias)
+            self._folded_cache = cached = (key, folded)
+        return cached[1]
+
+    def _inference_forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        folded = self._folded_weights()
+
+        def conv_bn(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+            weight, bias = folded[conv]
+            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(conv_bn(self.conv1, x).relu_())
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:  # OFABottleneck.forward with drop_path off (eval)
+                identity = x if block.downsample is None else conv_bn(block.downsample[0], x)
+                out = conv_bn(block.conv2, conv_bn(block.conv1, x).relu_()).relu_()
+                x = conv_bn(block.conv3, out).add_(identity).relu_()
+        return x
 
 
 # ----------------------------------------------------------------------------------------------------------------------
