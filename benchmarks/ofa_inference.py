@@ -179,10 +179,12 @@ def main() -> None:
         for case in CASES:  # warm-up
             for worker in workers.values():
                 worker.ask(f"{case[0]} {case[1]}")
-        for _ in range(args.reps):
+        for rep in range(args.reps):
             for case in CASES:
                 for side, worker in workers.items():
                     times[case][side].append(worker.ask(f"{case[0]} {case[1]}"))
+                print(f"rep {rep + 1} {case}: " + ", ".join(f"{side} {times[case][side][-1]:.0f} ms" for side in workers),
+                      file=sys.stderr, flush=True)
     finally:
         for worker in workers.values():
             worker.close()
