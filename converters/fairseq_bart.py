@@ -104,17 +104,20 @@ def read_fairseq_dictionary(path: Path) -> list[str]:
     return symbols
 
 
-def bart_tokenizer(bpe_dir: Path, dictionary: Path, vocab_size: int):
+def bart_tokenizer(bpe_dir: Path, dictionary: Path, vocab_size: int, appended: tuple[str, ...] = ()):
     """A stock BART tokenizer whose ids are fairseq's: GPT-2 byte-level BPE (encoder.json + vocab.bpe) with every
-    BPE token renumbered through the fairseq dictionary (which lists GPT-2 ids as its symbols)."""
+    BPE token renumbered through the fairseq dictionary (which lists GPT-2 ids as its symbols), then the symbols
+    the task `appended` after loading it."""
     from tokenizers import Tokenizer, models
     from transformers import BartTokenizer
 
     gpt2 = json.loads((Path(bpe_dir) / "encoder.json").read_text(encoding="utf-8"))
     by_id = {v: k for k, v in gpt2.items()}
     symbols = read_fairseq_dictionary(dictionary)
+    symbols += [s for s in appended if s not in symbols]
     if len(symbols) != vocab_size:
-        raise ConfigError(f"{dictionary} has {len(symbols)} symbols with the specials; the model has {vocab_size}")
+        raise ConfigError(f"{dictionary} has {len(symbols)} symbols with the specials"
+                          f"{' and ' + ', '.join(appended) if appended else ''}; the model has {vocab_size}")
     vocab = {}
     for index, symbol in enumerate(symbols):
         if index < len(SPECIALS) or not symbol.isdigit():

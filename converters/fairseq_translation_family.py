@@ -35,6 +35,11 @@ class FairseqTranslationFamily(BaseFamily):
                     "M2M100ForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "translation"),)
 
+    def usage_code(self, repo_id, auto_class, model_class, preprocessor):
+        from hfport.converters import usage_snippets
+
+        return usage_snippets.fairseq_seq2seq(repo_id, auto_class, preprocessor == "AutoTokenizer")
+
     # -- verification: golden files only (the live reference needs the task's data folder) -----------------------
     def probes(self, folder, seed):
         raise ConfigError("fairseq translation models are verified against a golden file (hfport record --family "

@@ -71,6 +71,11 @@ class MeterFamily(BaseFamily):
     def trace_variant(self, config):
         return meter_verify.trace_variant(config)
 
+    def usage_code(self, repo_id, auto_class, model_class, preprocessor):
+        from hfport.converters import usage_snippets
+
+        return usage_snippets.meter(repo_id, auto_class, model_class) if preprocessor == "AutoProcessor" else None
+
     # -- hfport run --------------------------------------------------------------------------------------------
     def run(self, folder, inputs: RunInputs) -> dict:
         processor, model = folder.load_processor(), folder.load_model().eval()

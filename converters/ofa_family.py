@@ -72,6 +72,11 @@ class OFAFamily(BaseFamily):
     def describe_trace(self, base, layer, variant=None):
         return ofa_verify.describe_trace(base, layer, variant)
 
+    def usage_code(self, repo_id, auto_class, model_class, preprocessor):
+        from hfport.converters import usage_snippets
+
+        return usage_snippets.ofa(repo_id, auto_class) if preprocessor == "AutoProcessor" else None
+
     # -- hfport run --------------------------------------------------------------------------------------------
     def run(self, folder, inputs: RunInputs) -> dict:
         processor, model = folder.load_processor(), folder.load_model().eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -154,6 +155,11 @@ def target_shapes(model_class: type, config) -> dict[str, tuple[int, ...]]:
     return target_inventory(model_class, config).shapes
 
 
+def _written_dtype(target: torch.dtype | None, out_dtype: torch.dtype) -> torch.dtype:
+    """Floating tensors are written in the output dtype, the others (ids, masks) as they are."""
+    return out_dtype if target is None or target.is_floating_point else target
+
+
 def convert_checkpoint(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -163,7 +169,7 @@ def convert_checkpoint(
     max_shard_size: str | int = "2GB",
     trust_pickle: bool = False,
     allow_nonfinite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,  # (key, done, total, nbytes=, total_bytes=)
     **options,
 ) -> Path:
     """Convert ``source`` into an HF folder at ``output``; returns the folder path.
@@ -209,6 +215,8 @@ def _convert(family, checkpoint: dict, source: Path, output: Path, existing, sou
         writer = ShardedSafetensorsWriter(staging, max_shard_size)
         seen_storages: set[int] = set()
         total = len(plan.output_keys)
+        total_bytes = sum(math.prod(expected[k]) * _written_dtype(target.dtypes.get(k), out_dtype).itemsize
+                          for k in plan.output_keys if k in expected)
         for done, (key, tensor) in enumerate(Mapping.run(plan, prepared.state_dict.__getitem__, source.name, generate), 1):
             if tuple(tensor.shape) != expected[key]:
                 raise MappingError(f"shape mismatch: {key} {list(tensor.shape)}, the model expects {list(expected[key])}")
@@ -221,7 +229,7 @@ def _convert(family, checkpoint: dict, source: Path, output: Path, existing, sou
                 nonfinite[key] = counts
             writer.add(key, tensor)
             if progress:
-                progress(key, done, total)
+                progress(key, done, total, nbytes=tensor.nbytes, total_bytes=total_bytes)
         if nonfinite and not allow_nonfinite:
             raise ConfigError(f"{source.name}: {describe_nonfinite(nonfinite)}",
                               hint="if these values are intended, rerun with --allow-nonfinite")

@@ -63,7 +63,10 @@ except ImportError:  # pragma: no cover
 BUILTIN_FAMILIES: Dict[str, Tuple[str, Optional[str]]] = {
     # fairseq's own archs first: OFA's test accepts any fairseq file, this one only the transformer archs
     "fairseq_translation": ("hfport.converters.fairseq_translation_family", "hfport.verify.backends.fairseq_native"),
+    "fairseq_mbart": ("hfport.converters.fairseq_mbart_family", "hfport.verify.backends.fairseq_mbart_native"),
+    "fairseq_bart_cls": ("hfport.converters.fairseq_bart_cls_family", "hfport.verify.backends.fairseq_bart_cls_native"),
     "fairseq_bart": ("hfport.converters.fairseq_bart_family", "hfport.verify.backends.fairseq_native"),
+    "fairseq_roberta": ("hfport.converters.fairseq_roberta_family", "hfport.verify.backends.fairseq_roberta_native"),
     "ofa": ("hfport.converters.ofa_family", "hfport.verify.backends.fairseq_ofa"),
     "meter": ("hfport.converters.meter_family", "hfport.verify.backends.meter_live"),
 }
@@ -172,6 +175,10 @@ class BaseFamily:
 
     def trace_variant(self, config: dict) -> Optional[str]:
         """A structural variant of the folder that changes module names in `describe_trace` (None: one naming)."""
+        return None
+
+    def usage_code(self, repo_id: str, auto_class: str, model_class: str, preprocessor: Optional[str]) -> Optional[str]:
+        """The model card's Python: load, preprocess, run, print the answer (None: the card shows loading only)."""
         return None
 
     # The conversion half forwards to the family's converter module (``matches``, ``prepare``, ``describe``,

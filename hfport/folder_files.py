@@ -21,7 +21,8 @@ from hfport.errors import HfportError
 
 REPORT_NAME = "verification.json"
 CARD_NAME = "README.md"
-NOT_JUDGED = (REPORT_NAME, CARD_NAME)  # the proof itself and the card generated from it
+PLOT_NAME = "verification.png"  # a picture of the report; the report records its sha256, push checks it
+NOT_JUDGED = (REPORT_NAME, CARD_NAME, PLOT_NAME)  # the proof itself, its picture and the card generated from them
 _SKIPPED_NAMES = ("__pycache__", "*.pyc")
 
 

@@ -221,8 +221,9 @@ def observe(lab: Lab, family: str, case: str, expected: str, args: list, folder:
         outcome.remote_changed = expected == "refuse" and hub.snapshot() != before_hub
     if folder is not None:
         after = folder_state(folder)
-        after.pop(str(folder / "verification.json"), None)
-        before_folder.pop(str(folder / "verification.json"), None)
+        for written_by_verify in ("verification.json", "verification.png"):  # the report and its picture
+            after.pop(str(folder / written_by_verify), None)
+            before_folder.pop(str(folder / written_by_verify), None)
         outcome.folder_changed = after != before_folder
     return outcome
 

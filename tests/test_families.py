@@ -62,7 +62,12 @@ def test_built_in_families_are_registered_by_name_and_found_from_their_checkpoin
     from hfport.read.torch_file import load_checkpoint
 
     # fairseq's own families come first: OFA's test accepts any fairseq file, theirs only their archs
-    assert family_names()[:4] == ["fairseq_translation", "fairseq_bart", "ofa", "meter"]
+    names = family_names()
+    assert names[0] == "fairseq_translation" and names.index("ofa") + 1 == names.index("meter")
+    assert {"fairseq_bart", "fairseq_mbart", "fairseq_bart_cls", "fairseq_roberta"} <= set(names)
+    assert all(names.index(n) < names.index("ofa") for n in names if n.startswith("fairseq_"))
+    # the specialised BART families are asked before plain BART, which would accept their files too
+    assert names.index("fairseq_mbart") < names.index("fairseq_bart") > names.index("fairseq_bart_cls")
     ofa = load_checkpoint(shared_root / "fixtures" / "ofa" / "ofa-tiny-plain" / "checkpoint.pt")
     meter = load_checkpoint(shared_root / "fixtures" / "meter" / "meter-tiny-vqa-lightning" / "checkpoint.ckpt")
     assert detect_family(ofa, "x") is get_family("ofa")

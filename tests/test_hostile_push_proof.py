@@ -94,7 +94,8 @@ def test_report_records_the_sha256_of_every_judged_file_and_the_reference_counts
     folder = lab.base()
     report = json.loads((folder / "verification.json").read_text())
     assert report["schema"] == "hfport.verify/2" and report["problems"] == []
-    names = {p.relative_to(folder).as_posix() for p in folder.iterdir() if p.is_file()} - {"verification.json"}
+    names = {p.relative_to(folder).as_posix() for p in folder.iterdir() if p.is_file()} - {"verification.json",
+                                                                                          "verification.png"}
     assert set(report["files"]) == names and {"hfport.json", "config.json", "modeling_ofa.py"} <= names
     assert len(report["outputs"]) == report["reference"]["outputs"] > 0
     assert len(report["generation"]) == report["reference"]["generations"] == 4

@@ -298,7 +298,7 @@ def test_dry_run_lists_every_file_with_size_and_mode_and_sends_nothing(converted
                 for p in converted.path.rglob("*") if p.is_file()}
     assert {path: int(size.replace(",", "")) for _, size, path in listed if path != "README.md"} == expected
     modes = {path: mode for mode, _, path in listed}
-    assert {p for p, m in modes.items() if m == "lfs"} == {p for p in expected if p.endswith(".safetensors")}
+    assert {p for p, m in modes.items() if m == "lfs"} == {p for p in expected if p.endswith((".safetensors", ".png"))}
     assert "--- README.md ---" in result.stdout and "library_name: transformers" in result.stdout
 
 

@@ -159,3 +159,29 @@ def test_an_archive_member_needing_an_unknown_zip_version_is_one_checkpoint_erro
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+def test_a_refused_global_is_named_by_torchs_own_checkpoint_inspection_not_its_error_text(tmp_path, monkeypatch):
+    """torch's error wording is no interface: the name comes from get_unsafe_globals_in_checkpoint, with the
+    allowlist counted as safe (a fairseq Namespace beside the payload is not named)."""
+    import argparse
+    import pickle
+
+    path = tmp_path / "hostile.pt"
+    torch.save({"args": argparse.Namespace(arch="x"), "model": {"w": torch.zeros(2)}, "payload": _RunsCode()}, path)
+    asked = []
+    real = torch.serialization.get_unsafe_globals_in_checkpoint
+    monkeypatch.setattr(torch.serialization, "get_unsafe_globals_in_checkpoint",
+                        lambda f: asked.append(f) or real(f))
+    real_load = torch.load
+
+    def reworded(*args, **kwargs):  # a torch whose refusal says nothing about which global
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError:
+            raise pickle.UnpicklingError("Weights only load failed.") from None
+
+    monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(UnsafeCheckpointError, match=r"needs the pickle global 'posix\.system' to load") as info:
+        load_checkpoint(path)
+    assert asked and "argparse" not in str(info.value)

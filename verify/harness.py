@@ -315,5 +315,19 @@ def verify_folder(
         "environment": _environment(),
     }
     if write:
-        write_report(report, Path(report_path) if report_path else folder / "verification.json")
+        path = Path(report_path) if report_path else folder / "verification.json"
+        report.update(plot_for_report(report, path))
+        write_report(report, path)
     return report
+
+
+def plot_for_report(report: dict[str, Any], report_path: Path) -> dict[str, Any]:
+    """Draw the per-layer plot next to the report; {"plot": {file, sha256}} so `push` uploads exactly that
+    picture (it is not one of the judged model files), or {} without matplotlib (a stale picture is removed)."""
+    from hfport.verify.plot import plot_path_for, write_plot
+
+    target = plot_path_for(report_path)
+    if write_plot(report, target) is None:
+        target.unlink(missing_ok=True)
+        return {}
+    return {"plot": {"file": target.name, "sha256": file_sha256(target)}}

@@ -62,30 +62,39 @@ def _verdict(passed: Any) -> str:
     return "✅ pass" if passed else "❌ FAIL"
 
 
-def grouped_rows(outputs: list[dict]) -> list[dict]:
-    """One row per output and input set; per-layer entries (`name.{i}`) collapse into one with the worst figures."""
+def grouped_rows(outputs: list[dict], expand_failing: bool = False) -> list[dict]:
+    """One row per output and input set; per-layer entries (`name.{i}`) collapse into one with the worst figures.
+    With `expand_failing`, a group holding a failure is listed layer by layer instead: the reader sees where it
+    starts to fail and how it grows."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for o in outputs:
         base, dotted, _ = str(o.get("name", "?")).partition(".")
         groups.setdefault((base + (".*" if dotted else ""), str(o.get("set", ""))), []).append(o)
     rows = []
     for (name, set_name), items in groups.items():
-        def worst(key: str, pick=max):
-            values = [i[key] for i in items if isinstance(i.get(key), (int, float))]
-            return pick(values) if values else None
-
-        shapes = {tuple(i.get("shape") or ()) for i in items}
-        failed = [i for i in items if not i.get("passed")]
-        rows.append({
-            "name": name, "count": len(items), "set": set_name,
-            "shape": ("×".join(map(str, next(iter(shapes)))) or "scalar") if len(shapes) == 1 else "various",
-            "max_abs": worst("max_abs"), "mean_abs": worst("mean_abs"), "max_rel": worst("max_rel"),
-            "cosine": worst("cosine", min), "argmax_agree": worst("argmax_agree", min),
-            "top5_overlap": worst("top5_overlap", min), "min_atol_to_pass": worst("min_atol_to_pass"),
-            "atol": worst("atol"), "passed": not failed,
-            "error": next((i.get("error") for i in failed if i.get("error")), None),
-        })
+        if expand_failing and len(items) > 1 and any(not i.get("passed") for i in items):
+            rows += [_row(str(i.get("name", "?")), set_name, [i]) for i in items]
+        else:
+            rows.append(_row(name, set_name, items))
     return rows
+
+
+def _row(name: str, set_name: str, items: list[dict]) -> dict:
+    def worst(key: str, pick=max):
+        values = [i[key] for i in items if isinstance(i.get(key), (int, float))]
+        return pick(values) if values else None
+
+    shapes = {tuple(i.get("shape") or ()) for i in items}
+    failed = [i for i in items if not i.get("passed")]
+    return {
+        "name": name, "count": len(items), "set": set_name,
+        "shape": ("×".join(map(str, next(iter(shapes)))) or "scalar") if len(shapes) == 1 else "various",
+        "max_abs": worst("max_abs"), "mean_abs": worst("mean_abs"), "max_rel": worst("max_rel"),
+        "cosine": worst("cosine", min), "argmax_agree": worst("argmax_agree", min),
+        "top5_overlap": worst("top5_overlap", min), "min_atol_to_pass": worst("min_atol_to_pass"),
+        "atol": worst("atol"), "passed": not failed,
+        "error": next((i.get("error") for i in failed if i.get("error")), None),
+    }
 
 
 def divergence_module(divergence: Any) -> str | None:
@@ -102,13 +111,14 @@ def _mark_first_divergence(rows: list[dict], divergence: Any) -> None:
     base, dotted, _ = str(divergence["name"]).partition(".")
     key = base + (".*" if dotted else "")
     for row in rows:
-        if row["name"] == key and row["set"] == str(divergence.get("set", "")):
+        if row["name"] in (key, divergence["name"]) and row["set"] == str(divergence.get("set", "")):
             row["first_divergence"] = divergence_module(divergence)
+            return
 
 
 def report_markdown(report: dict) -> str:
     """Render a `hfport.verify/2` report: a one-line verdict, an output table, generation, first divergence."""
-    outputs = grouped_rows(report.get("outputs") or [])
+    outputs = grouped_rows(report.get("outputs") or [], expand_failing=True)
     _mark_first_divergence(outputs, report.get("first_divergence"))
     generation = report.get("generation") or []
     reference = report.get("reference") or {}
@@ -229,3 +239,5 @@ def print_summary(report: dict[str, Any], console: Any = None) -> None:
     extra = "".join(f" + {_fmt(tol[k])}·{what}" for k, what in (("rtol", "|ref|"), ("scale_rtol", "max|ref|")) if tol.get(k))
     console.print(f"{verdict}  reference: {_reference_line(report).replace('`', '')}; atol {_fmt(tol['atol'])}{extra} "
                   f"({tol['policy']}); {report['seconds']:.1f} s")
+    if isinstance(report.get("plot"), dict):
+        console.print(f"  per-layer plot: {report['plot'].get('file')} (next to the report)")

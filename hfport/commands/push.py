@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -35,8 +36,9 @@ def _describe(plan: PushPlan, target: str) -> str:
               metavar="SECONDS", help="Give up when the Hub sends nothing for this long on one request.")
 @click.option("--save-card", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the generated model card to this local file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the commit as JSON on stdout.")
 def command(folder, repo_id, private, create_pr, revision, message, dry_run, allow_unverified, report, timeout,
-            save_card):
+            save_card, as_json):
     """Push a converted FOLDER to the Hub as REPO_ID in one atomic commit.
 
     Refuses a folder without a passing `hfport verify` report that judged exactly these files (their sha256 must
@@ -60,6 +62,12 @@ def command(folder, repo_id, private, create_pr, revision, message, dry_run, all
         click.echo(f"warning: publishing an UNVERIFIED model (verification {plan.status}); the card says so",
                    err=True)
     target = "pull request on main" if create_pr else f"branch {revision or 'main'}"
+    if as_json and dry_run:
+        click.echo(json.dumps({"dry_run": True, "repo_id": plan.repo_id, "target": target, "status": plan.status,
+                               "files": [{"path": f.path_in_repo, "size": f.size, "lfs": f.lfs,
+                                          "generated": f.content is not None} for f in plan.files],
+                               "card": plan.card}, indent=2, ensure_ascii=False))
+        return
     if dry_run:
         click.echo("dry run: nothing is sent")
         click.echo(_describe(plan, target))
@@ -71,6 +79,12 @@ def command(folder, repo_id, private, create_pr, revision, message, dry_run, all
     click.echo(f"pushing {len(plan.files)} files ({human_size(plan.total_size).split(' (')[0]}) to {repo_id} "
                f"({target}) in one commit", err=True)
     result = push(plan, private=private, create_pr=create_pr, revision=revision, message=message, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps({"dry_run": False, "repo_id": repo_id, "status": plan.status, "changed": result.changed,
+                               "revision": result.revision, "commit_url": result.commit_url,
+                               "commit_oid": result.commit_oid, "pr_url": result.pr_url,
+                               "deleted": list(result.deleted), "answer_lost": result.answer_lost}, indent=2))
+        return
     if result.answer_lost:
         click.echo("the Hub's answer to the commit was lost, but the remote holds the commit: it landed", err=True)
     if result.deleted:

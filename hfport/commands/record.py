@@ -20,7 +20,8 @@ from hfport.family import BUILTIN_FAMILIES
 @click.option("--bpe-dir", help="OFA: folder with dict.txt, encoder.json, vocab.bpe.")
 @click.option("--text-config", help="METER: the text encoder's config.json.")
 @click.option("--vit", help="METER: the CLIP archive the config names.")
-def command(checkpoint, reference_code, out, family, reference_python, inputs, bpe_dir, text_config, vit):
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def command(checkpoint, reference_code, out, family, reference_python, inputs, bpe_dir, text_config, vit, as_json):
     """Run the original model on deterministic probes and save its outputs, per-layer states and greedy/beam
     generations as a golden file for `hfport verify --golden` (same format as the test fixtures).
 
@@ -36,4 +37,9 @@ def command(checkpoint, reference_code, out, family, reference_python, inputs, b
     out.parent.mkdir(parents=True, exist_ok=True)
     run_recorder(record_args(str(checkpoint), str(reference_code), str(out), family, inputs, bpe_dir, text_config, vit),
                  reference_python)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"written": str(out)}))
+        return
     click.echo(f"wrote {out}")

@@ -70,7 +70,8 @@ def open_image(path: str):
               help="OFA text formatting: caption (default without --text), vqa, grounding, none (default with --text).")
 @click.option("--num-beams", type=click.IntRange(1), default=5, show_default=True, help="OFA beam size.")
 @click.option("--greedy", is_flag=True, help="OFA greedy decoding (same as --num-beams 1).")
-@click.option("--max-length", type=click.IntRange(1), default=20, show_default=True, help="OFA: most new tokens.")
+@click.option("--max-new-tokens", "--max-length", "max_length", type=click.IntRange(1), default=20, show_default=True,
+              help="Most new tokens to generate (--max-length is the older spelling).")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="METER: answers to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--trust-remote-code", is_flag=True,

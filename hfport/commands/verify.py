@@ -33,8 +33,11 @@ from hfport.errors import ConfigError, VerificationFailed
                    "(refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print the Markdown report (for a model card) on stdout.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the result as JUnit XML (one test case per output, layer and generation check) "
+                   "for CI test reports.")
 def command(folder, golden, against, reference_code, reference_python, bpe_dir, text_config, vit, image, text, tokens,
-            atol, rtol, scale_rtol, check_beam, report_path, trust_remote_code, as_json, as_markdown):
+            atol, rtol, scale_rtol, check_beam, report_path, trust_remote_code, as_json, as_markdown, junit_path):
     """Compare a converted folder with the original model, output by output and layer by layer.
 
     Exit code 0: equivalent within tolerance; 1: it is not (the report names the first diverging layer);
@@ -56,6 +59,8 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
             raise ConfigError(f"{option} must be a finite number >= 0, not {value}")
     if report_path is not None and report_path.is_dir():
         raise ConfigError(f"--report {report_path} is a folder; give a file name for the JSON report")
+    if junit_path is not None and junit_path.is_dir():
+        raise ConfigError(f"--junit {junit_path} is a folder; give a file name for the JUnit XML")
 
     if golden is None and against is None:
         raise ConfigError("give a reference: --golden FILE or --against CKPT --reference-code DIR")
@@ -63,6 +68,12 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
                            reference_python=reference_python, bpe_dir=bpe_dir, text_config=text_config, vit=vit,
                            image=image, text=text, tokens=tokens, atol=atol, rtol=rtol, scale_rtol=scale_rtol, check_beam=check_beam,
                            report_path=report_path, trust_remote_code=trust_remote_code)
+    if junit_path is not None:
+        from hfport.family import ConvertedFolder
+        from hfport.verify.junit import write_junit
+
+        opened = ConvertedFolder.open(folder, require_provenance=False)
+        write_junit(report, junit_path, opened.family.trace_variant(opened.config))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif as_markdown:
@@ -74,5 +85,9 @@ def command(folder, golden, against, reference_code, reference_python, bpe_dir, 
         where = f"; first divergence: {divergence_line(div)}" if div else ""
         problems = report.get("problems") or []
         if problems:
-            raise VerificationFailed(f"{folder}: verification failed: {'; '.join(problems)}")
-        raise VerificationFailed(f"{folder} does not match the reference within atol {report['tolerance']['atol']:g}{where}")
+            failure = VerificationFailed(f"{folder}: verification failed: {'; '.join(problems)}")
+        else:
+            failure = VerificationFailed(f"{folder} does not match the reference within atol "
+                                         f"{report['tolerance']['atol']:g}{where}")
+        failure.json_emitted = as_json  # the report on stdout is the machine-readable result (passed: false)
+        raise failure

@@ -45,7 +45,14 @@ def base_model_for(provenance: dict) -> str | None:
     return family.base_models.get((provenance.get("source") or {}).get("file", "")) if family is not None else None
 
 
-def usage_snippet(repo_id: str, auto_class: str, preprocessor: str | None) -> str:
+def usage_snippet(repo_id: str, auto_class: str, preprocessor: str | None, family=None,
+                  model_class: str | None = None) -> str:
+    """The card's Python block: the family's inference code (load, preprocess, run, print the answer) where it
+    has one for this folder, else loading only."""
+    code = family.usage_code(repo_id, auto_class, model_class or "", preprocessor) if family is not None and \
+        hasattr(family, "usage_code") else None
+    if code:
+        return "```python\n" + code + "\n```"
     imports = ", ".join([auto_class] + ([preprocessor] if preprocessor else []))
     lines = [f"from transformers import {imports}", "",
              f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True).eval()']
@@ -84,7 +91,7 @@ def _warning(status: VerificationStatus) -> str:
 
 # -- the card ------------------------------------------------------------------------------------------------------
 def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict | None,
-                     status: VerificationStatus, preprocessor: str | None = None) -> ModelCard:
+                     status: VerificationStatus, preprocessor: str | None = None, plot: str | None = None) -> ModelCard:
     """The README.md for a converted folder. `status` is what the verification gate decided."""
     family_key = provenance.get("family") or ""
     known = _family(family_key)
@@ -93,6 +100,8 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
     mapping = provenance.get("mapping") or {}
     model_class = provenance.get("model_class") or next(iter(config.get("architectures") or []), None)
     auto_class = auto_class_for(config, model_class)
+    if not config.get("auto_map") and known is not None:  # a stock class: the family knows its Auto class
+        auto_class = (getattr(known, "auto_classes", None) or {}).get(model_class or "", auto_class)
 
     tags = ["hfport", family_key] if family_key else ["hfport"]
     tags += list(known.hub_tags if known is not None else ("multimodal", "custom_code"))
@@ -118,15 +127,20 @@ def build_model_card(repo_id: str, config: dict, provenance: dict, report: dict 
     if family.get("paper"):
         body += ["", f"Paper: {family['paper']}. Original code: {family['code']}."]
 
+    remote = bool(config.get("auto_map"))
     body += ["", "## Usage", "",
-             "Runs with stock `transformers` (the model code ships in this repository, hence `trust_remote_code`):",
-             "", usage_snippet(repo_id, auto_class, preprocessor)]
+             "Runs with stock `transformers` (the model code ships in this repository, hence `trust_remote_code`):"
+             if remote else "Runs with stock `transformers` classes (no remote code):",
+             "", usage_snippet(repo_id, auto_class, preprocessor, known, model_class or "")]
 
     body += ["", "## Verification", ""]
     if report is None:
         body += ["No verification report: this conversion has not been checked against the original model."]
     else:
         body += [report_markdown(report)]
+        if plot:
+            body += ["", f"![Per-layer max abs difference between the converted and the original model, log scale, "
+                         f"with the tolerance and the first divergence marked]({plot})"]
 
     body += ["", "## Provenance", "", "| | |", "|---|---|"]
     rows = [

@@ -18,7 +18,8 @@ from pathlib import Path
 from hfport import __version__
 from hfport.errors import HfportError, HubError, VerificationFailed
 from hfport.family import ConvertedFolder
-from hfport.folder_files import CARD_NAME, REPORT_NAME, digest_mismatches, model_digests, regular_files
+from hfport.folder_files import (CARD_NAME, PLOT_NAME, REPORT_NAME, digest_mismatches, file_sha256, model_digests,
+                                 regular_files)
 from hfport.push.model_card import VerificationStatus, build_model_card
 from hfport.verify.report import SCHEMA as REPORT_SCHEMA
 
@@ -184,11 +185,15 @@ def plan_push(folder: str | Path, repo_id: str, *, report_path: str | Path | Non
     status, report, used_report = read_verification(folder, Path(report_path) if report_path else None,
                                                    provenance.get("family"), allow_unverified, digests)
 
-    card = str(build_model_card(repo_id, config, provenance, report, status, _preprocessor_class(folder)))
+    plot = report_plot(report, used_report)
+    card = str(build_model_card(repo_id, config, provenance, report, status, _preprocessor_class(folder),
+                                plot=PLOT_NAME if plot else None))
     files = []
     for path in regular_files(folder):
         rel = path.relative_to(folder).as_posix()
         if rel == CARD_NAME or (rel == REPORT_NAME and status == "unbound"):  # replaced / vouches for other files
+            continue
+        if rel == PLOT_NAME:  # uploaded below only when it is the picture the report recorded
             continue
         path = path.resolve()  # a link inside the folder: upload its target, which regular_files checked
         size = path.stat().st_size
@@ -198,10 +203,26 @@ def plan_push(folder: str | Path, repo_id: str, *, report_path: str | Path | Non
         files = [f for f in files if f.path_in_repo != REPORT_NAME]
         size = used_report.stat().st_size
         files.append(PlannedFile(REPORT_NAME, size, False, local_path=used_report))
+    if plot is not None:
+        files.append(PlannedFile(PLOT_NAME, plot.stat().st_size, True, local_path=plot.resolve()))
     card_bytes = card.encode("utf-8")
     files.append(PlannedFile(CARD_NAME, len(card_bytes), False, content=card_bytes))
     return PushPlan(folder, repo_id, tuple(sorted(files, key=lambda f: f.path_in_repo)), card, status, provenance,
                     digests)
+
+
+def report_plot(report: dict | None, report_path: Path | None) -> Path | None:
+    """The per-layer plot beside the report, when the report records it and the file still has that sha256 (a
+    picture of another run is not published: it is no part of the proof the card shows)."""
+    if not report or not report_path or not isinstance(report.get("plot"), dict):
+        return None
+    name = str(report["plot"].get("file") or "")
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    path = report_path.parent / name
+    if not path.is_file() or path.is_symlink() or file_sha256(path) != report["plot"].get("sha256"):
+        return None
+    return path
 
 
 def check_repo_id(repo_id: str) -> None:

@@ -49,14 +49,6 @@ ALLOWED_GLOBALS: list[Any] = [
 # torch stores every member uncompressed; a compressed one is foreign, and may not inflate beyond this
 MAX_INFLATED_MEMBER = 64 * 2**20
 
-_GLOBAL_IN_ERROR = re.compile(r"(?:Unsupported global|Unsupported class|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([\w.]+)")
-
-
-def _describe_global(message: str) -> str | None:
-    match = re.search(r"GLOBAL ([\w.]+)", message) or _GLOBAL_IN_ERROR.search(message)
-    return match.group(1) if match else None
-
-
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
     """Load a torch checkpoint as a dict with lazily mapped tensors.
 
@@ -199,16 +191,30 @@ def _allowed_names() -> set[str]:
 
 def _unsafe_global_named(path: Path, message: str) -> str | None:
     """The pickle global that safe unpickling refused, by name, whatever opcode imported it
-    (GLOBAL, INST, protocol 4's STACK_GLOBAL)."""
-    name = _describe_global(message)
-    if name:
-        return name
+    (GLOBAL, INST, protocol 4's STACK_GLOBAL): torch's own static look at the archive's pickle first, then
+    hfport's opcode scan (legacy files, globals torch's look misses)."""
+    names = _unsafe_globals_by_torch(path)
+    if names:
+        return ", ".join(names[:3])
     data = _data_pkl(path) if _is_zip(path) else path.read_bytes()[: 1 << 20]
     if not data:
         return None
     allowed = _allowed_names()
     names = [n for n in globals_in(data) if n not in allowed and not n.startswith("torch.")]
     return ", ".join(names[:3]) if names else None
+
+
+def _unsafe_globals_by_torch(path: Path) -> list[str]:
+    """`torch.serialization.get_unsafe_globals_in_checkpoint`, with hfport's allowlist counted as safe; [] where
+    it cannot tell (a legacy file, a damaged archive)."""
+    if not _is_zip(path):
+        return []
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a file torch cannot disassemble falls back to hfport's own scan
+        return []
+    return [str(name) for name in found]
 
 
 class _ProtocolTwoUnpickler(WeightsOnlyUnpickler):
