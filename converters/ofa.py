@@ -275,7 +275,7 @@ def refuse_unsupported(state: dict) -> None:
 
 def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None, bpe=None, **unused) -> Prepared:
     reject_unused_options(unused, "OFA")
-    from hfport.models.ofa.modeling_ofa import OFAForConditionalGeneration
+    from hfport.converters.ofa_shapes import ofa_inventory
 
     state = checkpoint["model"]
     refuse_unsupported(state)
@@ -306,7 +306,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
 
     return Prepared(
         config=config,
-        model_class=OFAForConditionalGeneration,
+        model_class="OFAForConditionalGeneration",  # not imported: ofa_inventory states its shapes
         state_dict=state,
         flags=tie_flags(config),
         model_files=model_source_files("ofa"),
@@ -316,6 +316,7 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
         source_dtype=floating_dtype(state),
         notes=notes,
         write_extras=write_extras,
+        inventory=lambda: ofa_inventory(config),
     )
 
 

@@ -24,7 +24,7 @@ from hfport import __version__
 from hfport.code_trust import check_model_code, model_code_digests
 from hfport.errors import CheckpointError, ConfigError, HfportError, MappingError
 from hfport.mappings.engine import Mapping
-from hfport.read.torch_file import file_sha256, load_checkpoint
+from hfport.read.torch_file import BackgroundSha256, load_checkpoint
 from hfport.write.folder import check_output_file, check_output_path, output_identity, staged_output
 from hfport.write.safetensors_shards import ShardedSafetensorsWriter
 
@@ -36,7 +36,7 @@ class Prepared:
     """What a family converter derives from one checkpoint before any tensor is written."""
 
     config: Any  # a PreTrainedConfig with auto_map set
-    model_class: type
+    model_class: type | str  # the class, or its name when `inventory` states the shapes without importing it
     state_dict: dict[str, torch.Tensor]  # source tensors, lazily mapped
     flags: dict[str, bool]
     model_files: list[Path]  # modeling/configuration files copied next to the weights
@@ -46,6 +46,8 @@ class Prepared:
     source_dtype: torch.dtype
     notes: list[str] = field(default_factory=list)
     write_extras: Callable[[Path], list[str]] | None = None  # tokenizer, processor, generation config
+    # the target's shapes, dtypes and ties stated by the family (no model build); None: built on the meta device
+    inventory: Callable[[], "TargetInventory"] | None = None
 
 
 def reject_unused_options(unused: dict, family: str) -> None:
@@ -183,10 +185,23 @@ def convert_checkpoint(
     checkpoint = load_checkpoint(source, trust=trust_pickle)
     family = detect_family(checkpoint, source)
     check_tensors(checkpoint[family.state_key], source)
-    source_sha256 = file_sha256(source)  # also checks every archive member's CRC-32, in the same pass
+    # also checks every archive member's CRC-32; runs while the rest reads and writes (its error comes first)
+    source_hash = BackgroundSha256(source)
+    try:
+        return _convert(family, checkpoint, source, output, existing, source_hash, force=force, dtype=dtype,
+                        max_shard_size=max_shard_size, allow_nonfinite=allow_nonfinite, progress=progress, **options)
+    except BaseException:
+        if (damaged := source_hash.failure()) is not None:
+            raise damaged from None
+        raise
+
+
+def _convert(family, checkpoint: dict, source: Path, output: Path, existing, source_hash: BackgroundSha256, *,
+             force: bool, dtype: str | None, max_shard_size: str | int, allow_nonfinite: bool,
+             progress: Callable[[str, int, int], None] | None, **options) -> Path:
     prepared: Prepared = prepare_family(family, checkpoint, source, **options)
     mapping = Mapping.load(family.mapping)
-    target = target_inventory(prepared.model_class, prepared.config)
+    target = prepared.inventory() if prepared.inventory else target_inventory(prepared.model_class, prepared.config)
     expected = target.shapes
     shapes = {k: tuple(v.shape) for k, v in prepared.state_dict.items()}
     plan = mapping.plan(shapes, expected, prepared.flags, source_name=source.name, implied_ties=target.ties)
@@ -234,12 +249,12 @@ def convert_checkpoint(
             "hfport_version": __version__,
             "source": {
                 "file": source.name,
-                "sha256": source_sha256,
+                "sha256": source_hash.result(),
                 "size": source.stat().st_size,
                 "format": prepared.source_format,
             },
             "mapping": {"file": mapping.path.name, "sha256": mapping.sha256, "version": mapping.version},
-            "model_class": prepared.model_class.__name__,
+            "model_class": getattr(prepared.model_class, "__name__", prepared.model_class),
             "task": prepared.task,
             "stored_dtype": str(out_dtype).removeprefix("torch."),
             "source_dtype": str(prepared.source_dtype).removeprefix("torch."),

@@ -329,3 +329,36 @@ def _member_ranges(path: Path) -> list[tuple[int, int, str, int]]:
     except ZIP_ERRORS as err:
         raise CheckpointError(f"{path}: corrupt torch zip archive ({_first_line(str(err))})") from None
     return sorted(ranges)
+
+
+class BackgroundSha256:
+    """`file_sha256` (with its CRC-32 checks) in a thread, started now, while the conversion maps and writes.
+
+    hashlib and zlib release the GIL on large blocks, so on two cores the hash costs next to no wall time. A
+    damaged archive found by the hash is the first thing to report: `result()` and `failure()` give it precedence
+    over whatever its damaged bytes made fail meanwhile.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import threading
+
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(Path(path),), name="hfport-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._digest = file_sha256(path)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            self._error = err
+
+    def failure(self) -> BaseException | None:
+        """Wait for the hash; the error it raised, if any."""
+        self._thread.join()
+        return self._error
+
+    def result(self) -> str:
+        if (error := self.failure()) is not None:
+            raise error
+        return self._digest

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from hfport.errors import HfportError
 
@@ -53,14 +53,9 @@ class ShardedSafetensorsWriter:
         index = len(self._shards)
         path = self.folder / f".shard-{index:05d}.safetensors"
         try:
-            save_file(self._pending, str(path), metadata=self.metadata)
-        except OSError:
-            raise
-        except Exception as err:  # safetensors reports I/O failures (disk full, file-size limit) as its own error
-            if "I/O error" in str(err) or "os error" in str(err):
-                raise HfportError(f"cannot write the weights into {self.folder.parent}: "
-                                  f"{str(err).split('I/O error:')[-1].strip()}") from None
-            raise
+            write_safetensors(path, self._pending, self.metadata)
+        except OSError as err:
+            raise HfportError(f"cannot write the weights into {self.folder.parent}: {err.strerror or err}") from None
         self._shards.append(list(self._pending))
         self._pending, self._pending_bytes = {}, 0
 
@@ -81,6 +76,35 @@ class ShardedSafetensorsWriter:
         index_doc = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         (self.folder / INDEX_NAME).write_text(json.dumps(index_doc, indent=2) + "\n")
         return names + [INDEX_NAME]
+
+
+# safetensors' dtype names
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                      torch.bool: "BOOL"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """One safetensors file (8-byte header length, JSON header padded to 8 bytes, the tensors' bytes in header
+    order), each tensor's bytes handed to the file straight from its (possibly memory-mapped) storage: one copy,
+    none held in memory (safetensors' own writer first copies every tensor of a shard into a bytes object)."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, tensor in tensors.items():
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise HfportError(f"{name}: cannot store a {tensor.dtype} tensor in safetensors")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for tensor in tensors.values():
+            if tensor.numel():
+                handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
 
 
 def _standalone(tensor: torch.Tensor) -> torch.Tensor:

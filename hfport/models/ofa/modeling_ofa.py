@@ -313,8 +313,54 @@ class OFAResNet(nn.Module):
         return nn.Sequential(*layers), out_channels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            return self._inference_forward(pixel_values)
         x = self.maxpool(F.relu(self.bn1(self.conv1(pixel_values))))
         return self.layer3(self.layer2(self.layer1(x)))
+
+    # -- inference: BatchNorm folded into the convolutions, channels-last ------------------------------------------
+    # In eval mode BatchNorm is an affine map per channel, so conv -> BN is one convolution with scaled weights and a
+    # bias; channels-last weights and activations let oneDNN skip its layout conversions. The folded weights are
+    # computed on the first call and again whenever a weight or statistic changes (storage or version).
+
+    def _conv_bn_pairs(self):
+        yield self.conv1, self.bn1
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:
+                yield from ((block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3))
+                if block.downsample is not None:
+                    yield block.downsample[0], block.downsample[1]
+
+    def _folded_weights(self) -> dict:
+        pairs = list(self._conv_bn_pairs())
+        tensors = [t for conv, bn in pairs for t in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = getattr(self, "_folded_cache", None)
+        if cached is None or cached[0] != key:
+            folded = {}
+            for conv, bn in pairs:
+                scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+                weight = (conv.weight.double() * scale[:, None, None, None]).to(conv.weight.dtype)
+                bias = (bn.bias.double() - bn.running_mean.double() * scale).to(conv.weight.dtype)
+                folded[conv] = (weight.contiguous(memory_format=torch.channels_last), bias)
+            self._folded_cache = cached = (key, folded)
+        return cached[1]
+
+    def _inference_forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        folded = self._folded_weights()
+
+        def conv_bn(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+            weight, bias = folded[conv]
+            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(conv_bn(self.conv1, x).relu_())
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:  # OFABottleneck.forward with drop_path off (eval)
+                identity = x if block.downsample is None else conv_bn(block.downsample[0], x)
+                out = conv_bn(block.conv2, conv_bn(block.conv1, x).relu_()).relu_()
+                x = conv_bn(block.conv3, out).add_(identity).relu_()
+        return x
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -646,14 +692,32 @@ def absolute_position_bias(
     num_heads: int,
     scaling: float,
 ) -> torch.Tensor:
-    """(batch, queries, dim) x (batch, keys, dim) position embeddings -> (batch, heads, queries, keys) bias."""
+    """(batch, queries, dim) x (batch, keys, dim) position embeddings -> (batch, heads, queries, keys) bias.
 
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
-
-    query = split(query_linear(query_positions)) * scaling
-    key = split(key_linear(key_positions))
+    Positions that are the same for every sample (expanded over the batch) give a (1, heads, queries, keys) bias,
+    computed once; `key_positions` may also be keys already projected by `position_keys`.
+    """
+    if is_batch_constant(query_positions) and (is_batch_constant(key_positions) or key_positions.shape[0] == 1):
+        query_positions, key_positions = query_positions[:1], key_positions[:1]
+    query = split_position_heads(query_linear(query_positions), num_heads) * scaling
+    key = key_positions if key_positions.dim() == 4 else position_keys(key_linear, key_positions, num_heads)
     return torch.matmul(query, key.transpose(2, 3))
+
+
+def split_position_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    return x.view(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+
+
+def position_keys(key_linear: nn.Linear, key_positions: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(batch, keys, dim) position embeddings -> (batch or 1, heads, keys, head_dim) projected keys."""
+    if is_batch_constant(key_positions):
+        key_positions = key_positions[:1]
+    return split_position_heads(key_linear(key_positions), num_heads)
+
+
+def is_batch_constant(x: torch.Tensor) -> bool:
+    """A tensor expanded over its batch (stride 0): every sample holds the same values."""
+    return x.dim() > 0 and x.shape[0] > 1 and x.stride(0) == 0
 
 
 def relative_position_bias(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
@@ -749,8 +813,8 @@ class OFAEncoder(nn.Module):
         patch_images = pick_image_input(patch_images, pixel_values)
         batch_size, text_len = input_ids.shape
         text_padding = input_ids.eq(self.padding_idx) if attention_mask is None else attention_mask.eq(0)
+        # positions are the same for every sample: computed for one, expanded (see is_batch_constant)
         text_positions = self.embed_positions(torch.arange(text_len, device=input_ids.device))[None]
-        text_positions = text_positions.expand(batch_size, -1, -1)
 
         x = self.embed_scale * self.embed_tokens(input_ids)
         if self.config.entangle_position_embedding:
@@ -780,7 +844,8 @@ class OFAEncoder(nn.Module):
             if patch_masks is not None:
                 image_padding = image_padding | ~patch_masks.to(torch.bool).reshape(batch_size, 1)
             padding_mask = torch.cat([image_padding, padding_mask], dim=1)
-            position_embeddings = torch.cat([self.image_pos_ln(patch_positions), position_embeddings], dim=1)
+            position_embeddings = torch.cat([self.image_pos_ln(patch_positions[:1]), position_embeddings], dim=1)
+        position_embeddings = position_embeddings.expand(batch_size, -1, -1)
 
         if padding_mask.any():
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
@@ -793,7 +858,8 @@ class OFAEncoder(nn.Module):
             self.num_heads,
             self.pos_scaling,
         )
-        padding_bias = padding_to_bias(padding_mask, abs_bias.dtype)
+        # (batch, 1, 1, keys) padding, left out when there is none: the biases then broadcast over the batch
+        padding_bias = padding_to_bias(padding_mask, abs_bias.dtype) if padding_mask.any() else None
         text_buckets = self.token_rp_bucket[:text_len, :text_len]
         if num_patches:
             image_buckets = self.image_rp_bucket[patch_position_ids][:, patch_position_ids]
@@ -801,7 +867,7 @@ class OFAEncoder(nn.Module):
         prompts = self.prompt_encoder() if self.prompt_encoder is not None else None
         hidden_states, attentions = [x], []
         for idx, layer in enumerate(self.layers):
-            bias = abs_bias.clone()
+            bias = abs_bias.clone()  # (1 or batch, heads, L, L): batch 1 unless positions differ per sample
             bias[:, :, num_patches:, num_patches:] += relative_position_bias(
                 self.token_rel_pos_table_list[idx], text_buckets
             )[None]
@@ -809,7 +875,9 @@ class OFAEncoder(nn.Module):
                 bias[:, :, :num_patches, :num_patches] += relative_position_bias(
                     self.image_rel_pos_table_list[idx], image_buckets
                 )[None]
-            x, weights = layer(x, attention_bias=bias + padding_bias, prompt_key_values=prompts[idx] if prompts else None)
+            if padding_bias is not None:
+                bias = bias + padding_bias
+            x, weights = layer(x, attention_bias=bias, prompt_key_values=prompts[idx] if prompts else None)
             hidden_states.append(x)
             attentions.append(weights)
 
@@ -886,8 +954,9 @@ class OFADecoder(nn.Module):
 
     def _position_bias_inputs(self, code_masks: torch.Tensor | None, batch_size: int, total_len: int, device):
         """Raw and LayerNormed target position embeddings (batch, total_len, dim), per-sample text or image-code."""
-        positions = self.embed_positions(torch.arange(total_len, device=device))[None].expand(batch_size, -1, -1)
-        normed = self.pos_ln(positions)
+        positions = self.embed_positions(torch.arange(total_len, device=device))[None]
+        normed = self.pos_ln(positions).expand(batch_size, -1, -1)  # one sample's, expanded: see is_batch_constant
+        positions = positions.expand(batch_size, -1, -1)
         if code_masks is not None and code_masks.any():
             code_positions = self.embed_image_positions(self.image_position_idx[:total_len])[None]
             code_positions = code_positions.expand(batch_size, -1, -1)
@@ -905,6 +974,16 @@ class OFADecoder(nn.Module):
             code_bias = relative_position_bias(self.image_rel_pos_table_list[idx], code_buckets)[None]
             bias = torch.where(code_masks.to(torch.bool).reshape(-1, 1, 1, 1), code_bias, bias)
         return bias
+
+    def _cross_position_keys(self, encoder_positions: torch.Tensor, cache: Cache | None, past_len: int):
+        """The encoder positions projected by `cross_pos_k_linear`: the same at every decoding step, so computed at
+        the first step of a cached generation and kept with its cache (OFA recomputes them at every step)."""
+        if cache is not None and past_len and getattr(cache, "ofa_cross_position_keys", None) is not None:
+            return cache.ofa_cross_position_keys
+        keys = position_keys(self.cross_pos_k_linear, encoder_positions, self.num_heads)
+        if cache is not None and keys.shape[0] == 1:  # batch-constant: unaffected by beam reordering
+            cache.ofa_cross_position_keys = keys
+        return keys
 
     def forward(
         self,
@@ -937,7 +1016,7 @@ class OFADecoder(nn.Module):
             self.cross_pos_q_linear,
             self.cross_pos_k_linear,
             new_normed,
-            encoder_position_embeddings,
+            self._cross_position_keys(encoder_position_embeddings, past_key_values, past_len),
             self.num_heads,
             self.pos_scaling,
         )
