@@ -29,6 +29,7 @@ class FairseqBartFamily(FairseqTranslationFamily):
     processor_hint = "--bpe-dir (encoder.json, vocab.bpe) and --dict (dict.txt)"
     auto_classes = {"BartForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "text2text-generation"),)
+    target_tokenizer_subfolder = None  # one vocabulary for source and target
     source_start = (0,)  # BART's hub interface: <s> ... </s>, padded right
     pad_left = False
 

@@ -56,6 +56,11 @@ class FairseqLanguageModelFamily(BaseFamily):
     pipeline_tags = (((), "text-generation"),)
     takes_images = False
 
+    def usage_code(self, repo_id, auto_class, model_class, preprocessor):
+        from hfport.converters import usage_snippets
+
+        return usage_snippets.causal_lm(repo_id, auto_class) if preprocessor == "AutoTokenizer" else None
+
     def regenerator(self, config):
         return ft.regenerator(config)
 

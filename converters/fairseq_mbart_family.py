@@ -53,6 +53,7 @@ class FairseqMBartFamily(FairseqTranslationFamily):
     processor_hint = "--bpe-dir (the folder with the SentencePiece *.model) and --dict (dict.txt)"
     auto_classes = {"MBartForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "translation"),)
+    target_tokenizer_subfolder = None  # one vocabulary for source and target
 
     def regenerator(self, config):  # fairseq's bookkeeping buffers are the translation model's
         return ft.regenerator(config)

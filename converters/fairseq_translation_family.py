@@ -34,11 +34,13 @@ class FairseqTranslationFamily(BaseFamily):
     auto_classes = {"FSMTForConditionalGeneration": "AutoModelForSeq2SeqLM",
                     "M2M100ForConditionalGeneration": "AutoModelForSeq2SeqLM"}
     pipeline_tags = (((), "translation"),)
+    target_tokenizer_subfolder: str | None = "target_tokenizer"  # written when the vocabularies are separate
 
     def usage_code(self, repo_id, auto_class, model_class, preprocessor):
         from hfport.converters import usage_snippets
 
-        return usage_snippets.fairseq_seq2seq(repo_id, auto_class, preprocessor == "AutoTokenizer")
+        return usage_snippets.fairseq_seq2seq(repo_id, auto_class, preprocessor == "AutoTokenizer",
+                                              self.target_tokenizer_subfolder)
 
     # -- verification: golden files, or fairseq live on token probes (--reference-code: the task's data folder) --
     source_start: tuple = ()  # BART's sources start with <s>

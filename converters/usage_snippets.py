@@ -66,16 +66,23 @@ def meter(repo_id: str, auto_class: str, model_class: str) -> str:
     return "\n".join(lines)
 
 
-def fairseq_seq2seq(repo_id: str, auto_class: str, has_tokenizer: bool) -> str:
+def fairseq_seq2seq(repo_id: str, auto_class: str, has_tokenizer: bool, target_subfolder: str | None = None) -> str:
     """fairseq's translation transformer / BART: fairseq's beam search settings (beam 5, eos-started decoding)."""
     lines = ["import torch", f"from transformers import {auto_class}" + (", AutoTokenizer" if has_tokenizer else ""),
              ""]
     if has_tokenizer:
         lines += _load(repo_id, auto_class, "AutoTokenizer", False)
+        decoder = "tokenizer"
+        if target_subfolder:  # separate target vocabulary: its own tokenizer decodes the output
+            decoder = "target_tokenizer"
+            lines += ["try:",
+                      f'    target_tokenizer = AutoTokenizer.from_pretrained(repo, subfolder="{target_subfolder}")',
+                      "except (OSError, ValueError):  # one shared vocabulary",
+                      "    target_tokenizer = tokenizer", ""]
         lines += ['inputs = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt")',
                   "with torch.no_grad():",
                   "    tokens = model.generate(**inputs, num_beams=5, max_new_tokens=20)",
-                  "print(tokenizer.decode(tokens[0], skip_special_tokens=True))"]
+                  f"print({decoder}.decode(tokens[0], skip_special_tokens=True))"]
     else:  # no tokenizer ships yet: fairseq's dictionary ids in, ids out
         lines += [f'repo = "{repo_id}"', f"model = {auto_class}.from_pretrained(repo).eval()", "",
                   "# ids from the model's source dictionary (dict.*.txt line number + 4), ending with </s> = 2",
@@ -111,4 +118,17 @@ def masked_lm(repo_id: str, auto_class: str) -> str:
         "scores, ids = probabilities.topk(5)",
         "for score, token_id in zip(scores.tolist(), ids.tolist()):",
         '    print(f"{score:.4f}  {tokenizer.decode([token_id])!r}")',
+    ])
+
+
+def causal_lm(repo_id: str, auto_class: str) -> str:
+    """fairseq's language model: continue a prompt greedily (beam search over a prompt scores differently in fairseq:
+    it counts the prompt in the length normalisation)."""
+    return "\n".join([
+        "import torch", f"from transformers import {auto_class}, AutoTokenizer", "",
+        *_load(repo_id, auto_class, "AutoTokenizer", False),
+        'inputs = tokenizer(["the big dog"], return_tensors="pt")  # rows start with </s>, as fairseq feeds them',
+        "with torch.no_grad():",
+        "    tokens = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=20)",
+        "print(tokenizer.decode(tokens[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))",
     ])

@@ -105,6 +105,13 @@ def fairseq_folders(tmp_path_factory) -> dict[str, Path]:
             "roberta_mlm": convert_checkpoint(FAIRSEQ / "roberta_gpt2" / "pretrain.pt", root / "roberta_mlm",
                                               bpe_dir=FAIRSEQ / "roberta_gpt2",
                                               dictionary=FAIRSEQ / "roberta_gpt2" / "input0" / "dict.txt"),
+            "translation_text": convert_checkpoint(FAIRSEQ / "translation_postnorm_tied" / "checkpoint.pt",
+                                                   root / "translation_text",
+                                                   dictionary=FAIRSEQ / "translation_postnorm_tied" / "dict.de.txt",
+                                                   target_dictionary=FAIRSEQ / "translation_postnorm_tied" /
+                                                   "dict.en.txt"),
+            "lm": convert_checkpoint(FAIRSEQ / "lm_prenorm_tied" / "checkpoint.pt", root / "lm",
+                                     dictionary=FAIRSEQ / "lm_prenorm_tied" / "dict.txt"),
             "xlmr_classifier": convert_checkpoint(FAIRSEQ / "xlmr_spm" / "finetune.pt", root / "xlmr_cls",
                                                   bpe_dir=FAIRSEQ / "xlmr_spm",
                                                   dictionary=FAIRSEQ / "xlmr_spm" / "input0" / "dict.txt")}
@@ -228,3 +235,30 @@ def test_truncation_keeps_a_long_text_within_the_models_positions(fairseq_folder
             model(**inputs, decoder_input_ids=torch.tensor([[2]]))
         else:
             model(**inputs)
+
+
+def test_the_translation_card_snippet_decodes_with_the_target_dictionarys_tokenizer(printed, fairseq_folders):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder = fairseq_folders["translation_text"]
+    assert (folder / "target_tokenizer").is_dir()  # separate vocabularies: the output is in the target's ids
+    source = AutoTokenizer.from_pretrained(str(folder))
+    target = AutoTokenizer.from_pretrained(str(folder / "target_tokenizer"))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        tokens = model.generate(**source(["The quick brown fox jumps over the lazy dog."], return_tensors="pt"),
+                                num_beams=5, max_new_tokens=20)
+    expected = target.decode(tokens[0], skip_special_tokens=True).strip()
+    assert "\n".join(printed["translation_text"]) == expected != source.decode(tokens[0], skip_special_tokens=True)
+
+
+def test_the_language_model_card_snippet_continues_the_prompt_greedily(printed, fairseq_folders):
+    import torch
+
+    tokenizer, model = _stock(fairseq_folders["lm"], "AutoModelForCausalLM")
+    inputs = tokenizer(["the big dog"], return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=20)
+    continuation = tokenizer.decode(tokens[0, inputs.input_ids.shape[1]:], skip_special_tokens=True).strip()
+    assert "\n".join(printed["lm"]) == continuation and continuation
