@@ -164,7 +164,9 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, dictionary=None, **un
 
         GenerationConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, decoder_start_token_id=2,
                          forced_eos_token_id=2, suppress_tokens=[1], num_beams=5, length_penalty=1.0,
-                         early_stopping=True, max_new_tokens=201).save_pretrained(folder)
+                         early_stopping=True, max_new_tokens=201,
+                         min_new_tokens=1,  # fairseq-generate's --min-len 1: </s> may not be the first token
+                         ).save_pretrained(folder)
         written = ["generation_config.json"]
         if tokenizer is not None:
             written += [Path(p).name for p in tokenizer.save_pretrained(folder)]

@@ -219,6 +219,7 @@ def prepare(checkpoint: dict, path: Path, *, dictionary=None, target_dictionary=
             bos_token_id=0, eos_token_id=2, pad_token_id=1, decoder_start_token_id=2, forced_eos_token_id=2,
             suppress_tokens=[1], num_beams=5, length_penalty=1.0, early_stopping=True, use_cache=True,
             max_new_tokens=201,  # fairseq-generate's max_len_b=200, plus the </s> it forces at the limit
+            min_new_tokens=1,  # fairseq-generate's --min-len 1: </s> may not be the first token
         ).save_pretrained(folder)
         written = ["generation_config.json"]
         for subfolder, tokenizer in tokenizers:

@@ -294,3 +294,26 @@ def test_a_plain_forward_of_the_converted_fsmt_matches_fairseq_without_any_cache
     keep = prev.ne(1)
     assert (logits - golden["outputs"]["logits"])[keep].abs().max() <= 1e-5
     assert json.loads((converted(case) / "generation_config.json").read_text())["use_cache"] is True
+
+
+def test_the_folders_generation_config_never_ends_at_the_first_token_as_fairseqs_min_len_1(converted):
+    """fairseq-generate bans </s> at the first step (--min-len 1). With </s> made the favourite everywhere (+100 on
+    its score, applied after transformers' own processors) generate() with the folder's settings still emits one
+    real token first, as fairseq would."""
+    from transformers import AutoModelForSeq2SeqLM, LogitsProcessor, LogitsProcessorList
+
+    class PreferEos(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[:, 2] += 100.0
+            return scores
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(converted("translation_postnorm_untied")).eval()
+    assert model.generation_config.min_new_tokens == 1
+    source = torch.tensor([[4, 5, 6, 2]])
+    with torch.no_grad():
+        tokens = model.generate(input_ids=source, num_beams=1, logits_processor=LogitsProcessorList([PreferEos()]))
+        banned_nothing = model.generate(input_ids=source, num_beams=1, min_new_tokens=0,
+                                        logits_processor=LogitsProcessorList([PreferEos()]))
+    assert tokens[0].tolist()[:1] == [2] and tokens[0, 1] != 2 and tokens[0].tolist()[2:] == [2]
+    assert banned_nothing[0].tolist() == [2, 2]  # the ban is what makes the difference
