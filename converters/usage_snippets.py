@@ -127,7 +127,7 @@ def causal_lm(repo_id: str, auto_class: str) -> str:
     return "\n".join([
         "import torch", f"from transformers import {auto_class}, AutoTokenizer", "",
         *_load(repo_id, auto_class, "AutoTokenizer", False),
-        'inputs = tokenizer(["the big dog"], return_tensors="pt")  # rows start with </s>, as fairseq feeds them',
+        'inputs = tokenizer(["a small cat likes"], return_tensors="pt")  # rows start with </s>, as fairseq feeds them',
         "with torch.no_grad():",
         "    tokens = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=20)",
         "print(tokenizer.decode(tokens[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))",

@@ -257,7 +257,7 @@ def test_the_language_model_card_snippet_continues_the_prompt_greedily(printed, 
     import torch
 
     tokenizer, model = _stock(fairseq_folders["lm"], "AutoModelForCausalLM")
-    inputs = tokenizer(["the big dog"], return_tensors="pt")
+    inputs = tokenizer(["a small cat likes"], return_tensors="pt")
     with torch.no_grad():
         tokens = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=20)
     continuation = tokenizer.decode(tokens[0, inputs.input_ids.shape[1]:], skip_special_tokens=True).strip()
