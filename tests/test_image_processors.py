@@ -17,7 +17,7 @@ from PIL import Image
 from hfport.converters.meter_preprocessing import save_meter_preprocessing
 from hfport.converters.ofa_preprocessing import save_ofa_preprocessing
 from hfport.errors import ConfigError
-from hfport.models.meter.processing_meter import MeterImageProcessor, _center_crop, _resize_shorter_side
+from hfport.models.meter.processing_meter import MeterImageProcessor
 from hfport.models.ofa.processing_ofa import OFAImageProcessor
 
 DATA = Path(__file__).parent / "data"
@@ -64,9 +64,73 @@ def test_meter_clip_resizes_rgba_with_its_alpha_before_dropping_it():
 
 
 def test_center_crop_offsets_round_half_to_even_like_torchvision():
-    resized = _resize_shorter_side(source("rgb_37x23"), 16, Image.Resampling.BICUBIC)
-    assert resized.size == (25, 16)  # int(16 * 37 / 23) = 25, so the offset is round(4.5) = 4
-    assert np.array_equal(np.asarray(_center_crop(resized, 16)), np.asarray(resized)[:, 4:20])
+    from transformers.image_utils import SizeDict
+
+    resized = np.moveaxis(np.asarray(source("rgb_37x23").resize((25, 16))), -1, 0)  # int(16 * 37 / 23) = 25
+    cropped = PIPELINES["meter_clip"].center_crop(resized, SizeDict(height=16, width=16))
+    assert np.array_equal(cropped, resized[:, :, 4:20])  # offset round(4.5) = 4
+    resized = np.moveaxis(np.asarray(source("rgb_37x23").resize((19, 12))), -1, 0)  # int(12 * 37 / 23) = 19
+    cropped = PIPELINES["meter_imagenet"].center_crop(resized, SizeDict(height=12, width=12))
+    assert np.array_equal(cropped, resized[:, :, 4:16])  # round(3.5) = 4 where transformers floors to 3
+
+
+def test_the_processors_are_transformers_stock_pil_processors_with_only_alpha_and_crop_overridden():
+    from transformers import BlipImageProcessorPil, CLIPImageProcessorPil
+
+    assert isinstance(PIPELINES["ofa"], BlipImageProcessorPil)
+    assert isinstance(PIPELINES["meter_clip"], CLIPImageProcessorPil)
+    assert isinstance(PIPELINES["meter_imagenet"], CLIPImageProcessorPil)
+    backend_methods = {name for name, value in vars(CLIPImageProcessorPil.__mro__[1]).items() if callable(value)}
+    overridden = backend_methods & set(vars(MeterImageProcessor))
+    assert overridden <= {"__init__", "fetch_images", "process_image", "convert_to_rgb", "center_crop", "_preprocess"}
+    # the stock processor itself, configured like OFA, equals OFA's transform wherever no alpha is involved
+    stock = BlipImageProcessorPil(size={"height": META["ofa_size"], "width": META["ofa_size"]},
+                                  image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    for name, meta in META["images"].items():
+        got = stock(source(name), return_tensors="np")["pixel_values"][0]
+        if "A" not in meta["mode"]:
+            assert np.abs(got - RECORDED[f"ofa/{name}"]).max() == 0.0, name
+
+
+# preprocessor_config.json as the hand-written processors (before they built on transformers') saved them
+OLD_CONFIGS = {
+    "ofa": {"size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3,
+            "image_processor_type": "OFAImageProcessor"},
+    "meter_clip": {"size": 16, "transform": "clip", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                   "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3,
+                   "image_processor_type": "MeterImageProcessor"},
+    "meter_imagenet": {"size": 12, "transform": "imagenet", "image_mean": [0.485, 0.456, 0.406],
+                       "image_std": [0.229, 0.224, 0.225], "resample": 3, "image_processor_type": "MeterImageProcessor"},
+}
+
+
+@pytest.mark.parametrize("pipeline", sorted(OLD_CONFIGS))
+def test_configs_saved_by_the_hand_written_processors_load_and_give_the_recorded_pixels(pipeline):
+    cls = OFAImageProcessor if pipeline == "ofa" else MeterImageProcessor
+    processor = cls.from_dict(dict(OLD_CONFIGS[pipeline]))
+    for name in META["images"]:
+        got = processor(source(name))[processor.model_input_names[0]][0]
+        assert np.abs(got - RECORDED[f"{pipeline}/{name}"]).max() == 0.0, name
+    reloaded = cls.from_dict(processor.to_dict())  # and the new config round-trips
+    assert np.array_equal(reloaded(source("rgba_19x41"))[processor.model_input_names[0]],
+                          processor(source("rgba_19x41"))[processor.model_input_names[0]])
+
+
+def test_an_old_meter_folder_config_loads_through_auto_processor(tmp_path):
+    from transformers import AutoProcessor
+
+    save_meter_preprocessing(tmp_path, tokenizer_source=DATA / "meter_tokenizers" / "tiny-bert-uncased",
+                             max_text_len=8, image_size=16)
+    auto_map = {"AutoImageProcessor": "processing_meter.MeterImageProcessor",
+                "AutoProcessor": "processing_meter.MeterProcessor"}
+    old = {**OLD_CONFIGS["meter_clip"], "auto_map": auto_map, "processor_class": "MeterProcessor"}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(old))
+    processor_config = json.loads((tmp_path / "processor_config.json").read_text())
+    processor_config["image_processor"] = old
+    (tmp_path / "processor_config.json").write_text(json.dumps(processor_config))
+    processor = AutoProcessor.from_pretrained(str(tmp_path), trust_remote_code=True)
+    batch = processor(images=source("la_20x31"), text="a cat", return_tensors="np")
+    assert np.abs(batch["pixel_values"][0] - RECORDED["meter_clip/la_20x31"]).max() == 0.0
 
 
 def test_arrays_and_paths_give_the_same_pixels_as_pil_images():
@@ -95,7 +159,7 @@ def test_ofa_folder_processor_returns_generate_ready_inputs(tmp_path, shared_roo
     assert batch["patch_masks"].tolist() == [True, True]
     assert batch["input_ids"].shape == batch["attention_mask"].shape
     assert batch["attention_mask"][0].tolist()[-1] == 0  # padded on the right with <pad> = 1
-    assert AutoImageProcessor.from_pretrained(str(tmp_path / "out"), trust_remote_code=True).size == 48
+    assert AutoImageProcessor.from_pretrained(str(tmp_path / "out"), trust_remote_code=True).size.height == 48
 
 
 def test_ofa_patch_image_size_must_suit_the_resnet(tmp_path, shared_root):

@@ -6,13 +6,13 @@ The tokenizer is the RoBERTa / BERT tokenizer METER was trained with (saved besi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
 
 import numpy as np
 from PIL import Image
 
 from transformers import BatchFeature
-from transformers.image_processing_utils import BaseImageProcessor
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
 # METER's meter/transforms: which normalisation each transform key uses, and whether the image is converted to
@@ -33,57 +33,65 @@ def transform_name(key: str) -> str:
     return base
 
 
-class MeterImageProcessor(BaseImageProcessor):
+class MeterImageProcessor(CLIPImageProcessorPil):
     """METER's evaluation transform (meter/transforms/transform.py), e.g. for "clip":
     RGBA -> Resize(size, BICUBIC) of the shorter side -> CenterCrop(size) -> RGB -> ToTensor -> Normalize(CLIP).
 
-    The resize and crop follow torchvision's rules for PIL images (new long side = int(size * long / short);
-    crop offsets = round((side - size) / 2)); torchvision resizes PIL images with PIL itself.
+    transformers' `CLIPImageProcessorPil` does these steps with PIL (shorter side to `size`, the longer one
+    int(size * long / short), as torchvision). Two things differ and are overridden here:
+    - alpha: transformers composites transparent pixels onto white first; METER drops the alpha with PIL's
+      `convert("RGB")`, for "clip" only after resizing and cropping the RGBA image (PIL resizes RGBA with its alpha);
+    - crop offsets: transformers floors (side - size) / 2, torchvision rounds it (halves to the even offset), which
+      moves the crop by a pixel whenever side - size is odd and (side - size) / 2 rounds up.
     """
 
     model_input_names = ["pixel_values"]
+    size = {"shortest_edge": 384}
+    crop_size = {"height": 384, "width": 384}
 
-    def __init__(
-        self,
-        size: int = 384,
-        transform: str = "clip",
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        resample: int = int(Image.Resampling.BICUBIC),
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if isinstance(size, dict):
-            size = int(size.get("shortest_edge") or size.get("height"))
-        self.size = int(size)
+    def __init__(self, size=384, transform: str = "clip", image_mean=None, image_std=None, crop_size=None, **kwargs):
         self.transform = transform_name(transform)
         spec = TRANSFORMS[self.transform]
-        self.image_mean = [float(m) for m in (image_mean if image_mean is not None else spec["mean"])]
-        self.image_std = [float(s) for s in (image_std if image_std is not None else spec["std"])]
-        self.resample = int(resample)
+        if isinstance(size, dict) and "shortest_edge" not in size:  # tolerate the {"height", "width"} form
+            size = size.get("height")
+        edge = size["shortest_edge"] if isinstance(size, dict) else int(size)
+        super().__init__(
+            size={"shortest_edge": int(edge)},
+            crop_size=crop_size if crop_size is not None else {"height": int(edge), "width": int(edge)},
+            image_mean=list(image_mean if image_mean is not None else spec["mean"]),
+            image_std=list(image_std if image_std is not None else spec["std"]),
+            **kwargs,
+        )
+
+    def fetch_images(self, images):
+        return _open_local_paths(images, super().fetch_images)
+
+    def process_image(self, image, *args, **kwargs):
+        return super().process_image(_as_pil(image), *args, **kwargs)
+
+    def convert_to_rgb(self, image, input_data_format=None):
+        if isinstance(image, Image.Image):  # alpha kept for "clip" (dropped after the crop), else dropped now
+            return np.asarray(image.convert("RGBA" if TRANSFORMS[self.transform]["rgba"] else "RGB"))
+        return super().convert_to_rgb(image, input_data_format=input_data_format)
+
+    def center_crop(self, image: np.ndarray, size, **kwargs) -> np.ndarray:
+        """torchvision's CenterCrop offsets on a channels-first array, then the colour channels only (METER's
+        `convert("RGB")` right after the crop)."""
+        height, width = image.shape[-2:]
+        if height < size.height or width < size.width:  # cannot happen after the shorter-side resize
+            raise ValueError(f"image {width}x{height} is smaller than the crop {size.width}x{size.height}")
+        top = int(round((height - size.height) / 2.0))
+        left = int(round((width - size.width) / 2.0))
+        return image[:3, top : top + size.height, left : left + size.width]
+
+    def _preprocess(self, images, *args, return_tensors=None, **kwargs) -> BatchFeature:
+        pixels = super()._preprocess(images, *args, return_tensors="np", **kwargs)["pixel_values"]
+        return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
 
     def transform_image(self, image, size: int | None = None) -> np.ndarray:
         """One image -> float32 [3, size, size]."""
-        size = int(size or self.size)
-        image = _as_pil(image)
-        image = image.convert("RGBA") if TRANSFORMS[self.transform]["rgba"] else image.convert("RGB")
-        image = _resize_shorter_side(image, size, Image.Resampling(self.resample))
-        image = _center_crop(image, size)
-        image = image.convert("RGB")
-        return _to_normalized_chw(image, self.image_mean, self.image_std)
-
-    def preprocess(self, images, return_tensors=None, size: int | None = None, **kwargs) -> BatchFeature:
-        images = images if isinstance(images, (list, tuple)) else [images]
-        pixels = np.stack([self.transform_image(image, size) for image in images])
-        return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
-
-    def __call__(self, images, **kwargs) -> BatchFeature:
-        return self.preprocess(images, **kwargs)
-
-    def to_dict(self):
-        output = super().to_dict()
-        output.pop("_valid_kwargs_names", None)
-        return output
+        kwargs = {"size": {"shortest_edge": int(size)}, "crop_size": int(size)} if size else {}
+        return self.preprocess(image, **kwargs)["pixel_values"][0]
 
 
 class MeterProcessor(ProcessorMixin):
@@ -120,7 +128,7 @@ class MeterProcessor(ProcessorMixin):
 def _as_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
-    if isinstance(image, str):
+    if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
             opened.load()
             return opened.copy()
@@ -132,34 +140,14 @@ def _as_pil(image) -> Image.Image:
     return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
-def _resize_shorter_side(image: Image.Image, size: int, resample) -> Image.Image:
-    """torchvision Resize(int) on a PIL image: the shorter side becomes `size`, the longer one int(size*long/short)."""
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) == (width, height):
-        return image
-    return image.resize((new_w, new_h), resample=resample)
-
-
-def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    """torchvision CenterCrop on a PIL image (Python's round: halves go to the even offset)."""
-    width, height = image.size
-    if width < size or height < size:  # cannot happen after _resize_shorter_side; torchvision would pad
-        raise ValueError(f"image {width}x{height} is smaller than the crop {size}")
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
-
-
-def _to_normalized_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """torchvision's ToTensor + Normalize in float32: (x / 255 - mean) / std, channels first."""
-    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    pixels = pixels.reshape(image.size[1], image.size[0], -1).transpose(2, 0, 1)
-    mean_ = np.asarray(mean, dtype=np.float32)[:, None, None]
-    std_ = np.asarray(std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((pixels - mean_) / std_, dtype=np.float32)
+def _open_local_paths(images, fetch):
+    """Local image paths opened as they are (no EXIF turn, no mode change), like METER's datasets; the rest
+    (URLs, images, arrays) as transformers fetches them."""
+    if isinstance(images, (list, tuple)):
+        return [_open_local_paths(image, fetch) for image in images]
+    if isinstance(images, (str, os.PathLike)) and not str(images).startswith(("http://", "https://")):
+        return _as_pil(images)
+    return fetch(images)
 
 
 __all__ = ["MeterImageProcessor", "MeterProcessor"]

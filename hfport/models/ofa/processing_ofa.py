@@ -8,6 +8,7 @@ The tokenizer's ids are the indices of OFA's fairseq task dictionary (`<s> <pad>
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from transformers import BatchFeature, PreTrainedTokenizerFast
-from transformers.image_processing_utils import BaseImageProcessor
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
 # OFA's captioning prompts (data/mm_data/caption_dataset.py); the English one starts with a space because
@@ -85,51 +86,41 @@ class OFATokenizerFast(PreTrainedTokenizerFast):
         return self._to_dictionary(super()._encode_without_added_tokens(text))
 
 
-class OFAImageProcessor(BaseImageProcessor):
+class OFAImageProcessor(BlipImageProcessorPil):
     """OFA's evaluation transform: RGB, bicubic resize to a square of `size`, to [0, 1], normalise (mean = std = 0.5).
 
-    Equals `Compose([convert("RGB"), Resize((size, size), BICUBIC), ToTensor(), Normalize(mean, std)])` of OFA's
-    caption / VQA / SNLI-VE datasets (torchvision resizes PIL images with PIL itself).
+    OFA's caption / VQA / SNLI-VE datasets use `Compose([convert("RGB"), Resize((size, size), BICUBIC), ToTensor(),
+    Normalize(mean, std)])`; transformers' `BlipImageProcessorPil` does the same steps with PIL and equals it bit
+    for bit on images without alpha. Two things differ and are overridden here:
+    - alpha: transformers composites transparent pixels onto white, PIL's `convert("RGB")` (OFA) drops the alpha;
+    - output names: `patch_images` and `patch_masks`, OFA's own (the model also accepts `pixel_values`).
     """
 
     model_input_names = ["patch_images", "patch_masks"]
+    size = {"height": 480, "width": 480}
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
 
-    def __init__(
-        self,
-        size: int = 480,
-        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
-        image_std: Sequence[float] = (0.5, 0.5, 0.5),
-        resample: int = int(Image.Resampling.BICUBIC),
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if isinstance(size, dict):  # tolerate the {"height", "width"} form other processors write
-            size = int(size.get("height") or size.get("shortest_edge"))
-        self.size = int(size)
-        self.image_mean = [float(m) for m in image_mean]
-        self.image_std = [float(s) for s in image_std]
-        self.resample = int(resample)
+    def fetch_images(self, images):
+        return _open_local_paths(images, super().fetch_images)
+
+    def process_image(self, image, *args, **kwargs):
+        return super().process_image(_as_pil(image), *args, **kwargs)
+
+    def convert_to_rgb(self, image, input_data_format=None):
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))  # drops the alpha, as OFA's datasets do
+        return super().convert_to_rgb(image, input_data_format=input_data_format)
+
+    def _preprocess(self, images, *args, return_tensors=None, **kwargs) -> BatchFeature:
+        pixels = super()._preprocess(images, *args, return_tensors="np", **kwargs)["pixel_values"]
+        masks = np.ones(len(pixels), dtype=bool)
+        return BatchFeature({"patch_images": pixels, "patch_masks": masks}, tensor_type=return_tensors)
 
     def transform(self, image, size: int | None = None) -> np.ndarray:
         """One image -> float32 [3, size, size]."""
-        size = int(size or self.size)
-        image = _as_pil(image).convert("RGB")
-        image = image.resize((size, size), resample=Image.Resampling(self.resample))
-        return _to_normalized_chw(image, self.image_mean, self.image_std)
-
-    def preprocess(self, images, return_tensors=None, size: int | None = None, **kwargs) -> BatchFeature:
-        images = _as_list(images)
-        pixels = np.stack([self.transform(image, size) for image in images])
-        masks = np.ones(len(images), dtype=bool)
-        return BatchFeature({"patch_images": pixels, "patch_masks": masks}, tensor_type=return_tensors)
-
-    def __call__(self, images, **kwargs) -> BatchFeature:
-        return self.preprocess(images, **kwargs)
-
-    def to_dict(self):
-        output = super().to_dict()
-        output.pop("_valid_kwargs_names", None)
-        return output
+        kwargs = {"size": int(size)} if size else {}
+        return self.preprocess(image, **kwargs)["patch_images"][0]
 
 
 class OFAProcessor(ProcessorMixin):
@@ -278,7 +269,7 @@ def _as_pil(image) -> Image.Image:
     """PIL image, path, or HWC uint8 array -> PIL image (no mode change)."""
     if isinstance(image, Image.Image):
         return image
-    if isinstance(image, str):
+    if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
             opened.load()
             return opened.copy()
@@ -290,13 +281,14 @@ def _as_pil(image) -> Image.Image:
     return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
-def _to_normalized_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """torchvision's ToTensor + Normalize in float32: (x / 255 - mean) / std, channels first."""
-    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    pixels = pixels.reshape(image.size[1], image.size[0], -1).transpose(2, 0, 1)
-    mean_ = np.asarray(mean, dtype=np.float32)[:, None, None]
-    std_ = np.asarray(std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((pixels - mean_) / std_, dtype=np.float32)
+def _open_local_paths(images, fetch):
+    """Local image paths opened as they are (no EXIF turn, no mode change), like the original datasets; the rest
+    (URLs, images, arrays) as transformers fetches them."""
+    if isinstance(images, (list, tuple)):
+        return [_open_local_paths(image, fetch) for image in images]
+    if isinstance(images, (str, os.PathLike)) and not str(images).startswith(("http://", "https://")):
+        return _as_pil(images)
+    return fetch(images)
 
 
 __all__ = ["OFATokenizerFast", "OFAImageProcessor", "OFAProcessor", "AnswerTrie", "normalize_question", "normalize_caption"]
