@@ -354,16 +354,16 @@ def _full_fs():
     def patch():
         from hfport.write import safetensors_shards
 
-        original = safetensors_shards.save_file
+        original = safetensors_shards.write_safetensors  # what every shard is written through
 
-        def save_file(*a, **k):
+        def write_safetensors(*a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        safetensors_shards.save_file = save_file
+        safetensors_shards.write_safetensors = write_safetensors
         try:
             yield
         finally:
-            safetensors_shards.save_file = original
+            safetensors_shards.write_safetensors = original
 
     return patch
 
