@@ -46,7 +46,7 @@ class Worker:
             if not line:
                 raise RuntimeError(f"worker {self.process.args[:3]} ended without answering")
             if line.startswith(tag + " "):
-                return line[len(tag) + 1:].split(" ", 1) if tag == "tokens" else line.split()[1:]
+                return [line[len(tag) + 1:]] if tag == "tokens" else line.split()[1:]  # tokens: one JSON value
 
     def ask(self, command: str) -> float:
         self.process.stdin.write(command + "\n")
