@@ -14,6 +14,7 @@ import json
 import struct
 from pathlib import Path
 
+from hfport.converters.sentencepiece_vocab import NORMAL, USER_DEFINED, _fields
 from hfport.errors import ConfigError
 from hfport.fairseq_text import DictionaryFormatError, read_dictionary
 
@@ -75,42 +76,7 @@ def roberta_tokenizer(bpe_dir: Path, dictionary: Path, vocab_size: int):
 
 # -- XLM-R: SentencePiece ----------------------------------------------------------------------------------------------
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
-def _fields(data: bytes):
-    """(field number, wire type, value) of one protobuf message; value is an int or bytes."""
-    at = 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, at = _varint(data, at)
-        elif wire == 1:
-            value, at = data[at:at + 8], at + 8
-        elif wire == 2:
-            size, at = _varint(data, at)
-            value, at = data[at:at + size], at + size
-        elif wire == 5:
-            value, at = data[at:at + 4], at + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if at > len(data):
-            raise ValueError("truncated field")
-        yield number, wire, value
-
-
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# the protobuf wire format is read by the one reader hfport has (mBART's tokenizer uses it too)
 
 
 def read_sentencepiece_model(path: Path) -> dict:
@@ -126,7 +92,7 @@ def read_sentencepiece_model(path: Path) -> dict:
                     if n == 1:
                         piece["piece"] = v.decode("utf-8")
                     elif n == 2 and w == 5:
-                        piece["score"] = struct.unpack("<f", v)[0]
+                        piece["score"] = v  # fixed32 fields arrive as floats
                     elif n == 3:
                         piece["type"] = v
                 pieces.append(piece)
@@ -134,7 +100,7 @@ def read_sentencepiece_model(path: Path) -> dict:
                 trainer = {n: v for n, _, v in _fields(value)}
             elif number == 3 and wire == 2:
                 normalizer = {n: v for n, _, v in _fields(value)}
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, struct.error) as err:
         raise ConfigError(f"{path}: not a readable SentencePiece model ({err})") from None
     if not pieces:
         raise ConfigError(f"{path}: not a SentencePiece model (no pieces)")
