@@ -11,11 +11,10 @@ import torch
 
 from hfport.converters import fairseq_lm as flm
 from hfport.converters import fairseq_translation as ft
-from hfport.converters import ofa_verify
+from hfport.converters.fairseq_translation_family import FairseqTranslationFamily
 from hfport.errors import ConfigError
 from hfport.family import BaseFamily, RunInputs, register_family
 from hfport.verify.compare import compare_tensors, missing_from_trace
-from hfport.verify.golden import Golden
 from hfport.verify.probes import _generator, _pad_batch, _random_ids
 
 PAD_ID = 1
@@ -98,12 +97,9 @@ class FairseqLanguageModelFamily(BaseFamily):
 
         return hf_generate(model, inputs, num_beams, max_len_b, min_len)
 
-    def reads_golden(self, data):
-        return data.get("family") == self.name
-
-    def golden_from_dict(self, data, path, sha256):
-        golden = ofa_verify.golden_from_dict(data, path, sha256)  # same layout (format_version 1)
-        return Golden(self.name, golden.sets, golden.traces, golden.generations, golden.meta, path, sha256)
+    # the recorder writes the translation transformer's golden layout, tagged with this family's name
+    reads_golden = FairseqTranslationFamily.reads_golden
+    golden_from_dict = FairseqTranslationFamily.golden_from_dict
 
     def describe_trace(self, base, layer, variant=None):
         """(what, fairseq modules, converted modules); entry i of `decoder_inner_states` is the input of layer i."""
