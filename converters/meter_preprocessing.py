@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from hfport.converters.ofa_preprocessing import _listing, _update_json
+from hfport.converters.ofa_preprocessing import _listing, _update_json, offer_fast_image_processor
 from hfport.errors import ConfigError
 
 # the files METER's tokenizer classes read (transformers also accepts a tokenizer.json)
@@ -95,12 +95,14 @@ def save_meter_preprocessing(
     image_size: int,
     transform: str | Sequence[str] = "clip",
     vocab_size: int | None = None,
+    fast_image_processor: bool = False,
 ) -> list[str]:
     """Write tokenizer, image processor and processor files of a METER model into `out_dir`.
 
     `max_text_len`, `image_size` and `transform` (the checkpoint's `val_transform_keys`; "clip" for CLIP towers,
     "imagenet" for Swin) come from the checkpoint's hyper-parameters; `vocab_size` (optional) is the text
-    embedding's row count, checked against the tokenizer. Returns the names of the files written.
+    embedding's row count, checked against the tokenizer; `fast_image_processor` also lists
+    `MeterImageProcessorFast` in auto_map (see `offer_fast_image_processor`). Returns the names of the files written.
     """
     from hfport.models.meter import processing_meter
 
@@ -136,6 +138,8 @@ def save_meter_preprocessing(
     _update_json(out_dir / "preprocessor_config.json", **image_config)
     _update_json(out_dir / "processor_config.json", image_processor=image_config, processor_class=processor_class,
                  auto_map={"AutoProcessor": f"{module}.{processor_class}"})
+    if fast_image_processor:
+        offer_fast_image_processor(out_dir, module, image_class)
     # the tokenizer is a stock transformers class: AutoTokenizer loads it without remote code
     _update_json(out_dir / "tokenizer_config.json", processor_class=processor_class)
     shutil.copyfile(processing_meter.__file__, out_dir / "processing_meter.py")

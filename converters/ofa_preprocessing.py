@@ -187,13 +187,15 @@ def save_ofa_preprocessing(
     image_std=(0.5, 0.5, 0.5),
     max_src_length: int | None = None,
     max_source_positions: int = 1024,
+    fast_image_processor: bool = False,
 ) -> list[str]:
     """Write tokenizer, image processor and processor files of an OFA model into `out_dir`.
 
     `vocab_size` is the checkpoint's embedding row count; `code_dict_size`, `num_bins`, `patch_image_size` come
     from the checkpoint's task config (`cfg["task"]`), `patch_image_size` possibly overridden by the user;
     `max_src_length` (task cfg) caps the words of questions / grounding texts like OFA's datasets, and
-    `max_source_positions` (model cfg) becomes the tokenizer's `model_max_length`.
+    `max_source_positions` (model cfg) becomes the tokenizer's `model_max_length`; `fast_image_processor` also
+    lists `OFAImageProcessorFast` in auto_map (see `offer_fast_image_processor`).
     Returns the names of the files written. Raises ConfigError when the dictionary does not fit the checkpoint.
     """
 
@@ -225,6 +227,8 @@ def save_ofa_preprocessing(
     )
     before = set(_listing(out_dir))
     _save_with_auto_map(processor, out_dir, "processing_ofa", "OFAProcessor", "OFAImageProcessor", "OFATokenizerFast")
+    if fast_image_processor:
+        offer_fast_image_processor(out_dir, "processing_ofa", "OFAImageProcessor")
     shutil.copyfile(processing_ofa.__file__, out_dir / "processing_ofa.py")
     return sorted(set(_listing(out_dir)) - before | {"processing_ofa.py"})
 
@@ -263,3 +267,19 @@ def _update_json(path: Path, **entries) -> None:
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data.update(entries)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def offer_fast_image_processor(out_dir: Path, module: str, image_class: str) -> None:
+    """auto_map's AutoImageProcessor entry -> [PIL class, torchvision class] (`<image_class>Fast`).
+
+    transformers 5.23 then loads the torchvision class on `use_fast=True` / `backend="torchvision"` and also by
+    default wherever torchvision is installed (its default backend); without torchvision the copied module hands
+    out the PIL class with a warning. Opt-in because the torchvision resize is not bit-exact with PIL's.
+    """
+    entry = [f"{module}.{image_class}", f"{module}.{image_class}Fast"]
+    config = json.loads((out_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
+    _update_json(out_dir / "preprocessor_config.json", auto_map={**config.get("auto_map", {}), "AutoImageProcessor": entry})
+    processor_config = json.loads((out_dir / "processor_config.json").read_text(encoding="utf-8"))
+    image_config = processor_config.get("image_processor", {})
+    image_config["auto_map"] = {**image_config.get("auto_map", {}), "AutoImageProcessor": entry}
+    _update_json(out_dir / "processor_config.json", image_processor=image_config)

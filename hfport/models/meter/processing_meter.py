@@ -1,6 +1,7 @@
 """METER image processor and processor.
 
-Copied into every converted METER folder: it imports only numpy, PIL and transformers.
+Copied into every converted METER folder: it imports only numpy, PIL and transformers (torch and torchvision, when
+installed, for `MeterImageProcessorFast`).
 The tokenizer is the RoBERTa / BERT tokenizer METER was trained with (saved beside this file).
 """
 
@@ -14,6 +15,13 @@ from PIL import Image
 from transformers import BatchFeature
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import is_torchvision_available, logging
+
+if is_torchvision_available():
+    import torch
+    from transformers.models.clip.image_processing_clip import CLIPImageProcessor
+
+logger = logging.get_logger(__name__)
 
 # METER's meter/transforms: which normalisation each transform key uses, and whether the image is converted to
 # RGB after the crop ("clip": the dataset opens images as RGBA, resizes them with their alpha, drops it last)
@@ -31,6 +39,20 @@ def transform_name(key: str) -> str:
     if base not in TRANSFORMS:
         raise ValueError(f"METER transform {key!r} is not supported; expected one of {', '.join(TRANSFORMS)}")
     return base
+
+
+def _meter_kwargs(transform: str, size, image_mean, image_std, crop_size) -> dict:
+    """Stock CLIP processor arguments for METER's transform: shorter side to `size`, a `size` square crop."""
+    spec = TRANSFORMS[transform]
+    if isinstance(size, dict) and "shortest_edge" not in size:  # tolerate the {"height", "width"} form
+        size = size.get("height")
+    edge = size["shortest_edge"] if isinstance(size, dict) else int(size)
+    return {
+        "size": {"shortest_edge": int(edge)},
+        "crop_size": crop_size if crop_size is not None else {"height": int(edge), "width": int(edge)},
+        "image_mean": list(image_mean if image_mean is not None else spec["mean"]),
+        "image_std": list(image_std if image_std is not None else spec["std"]),
+    }
 
 
 class MeterImageProcessor(CLIPImageProcessorPil):
@@ -51,17 +73,7 @@ class MeterImageProcessor(CLIPImageProcessorPil):
 
     def __init__(self, size=384, transform: str = "clip", image_mean=None, image_std=None, crop_size=None, **kwargs):
         self.transform = transform_name(transform)
-        spec = TRANSFORMS[self.transform]
-        if isinstance(size, dict) and "shortest_edge" not in size:  # tolerate the {"height", "width"} form
-            size = size.get("height")
-        edge = size["shortest_edge"] if isinstance(size, dict) else int(size)
-        super().__init__(
-            size={"shortest_edge": int(edge)},
-            crop_size=crop_size if crop_size is not None else {"height": int(edge), "width": int(edge)},
-            image_mean=list(image_mean if image_mean is not None else spec["mean"]),
-            image_std=list(image_std if image_std is not None else spec["std"]),
-            **kwargs,
-        )
+        super().__init__(**_meter_kwargs(self.transform, size, image_mean, image_std, crop_size), **kwargs)
 
     def fetch_images(self, images):
         return _open_local_paths(images, super().fetch_images)
@@ -92,6 +104,76 @@ class MeterImageProcessor(CLIPImageProcessorPil):
         """One image -> float32 [3, size, size]."""
         kwargs = {"size": {"shortest_edge": int(size)}, "crop_size": int(size)} if size else {}
         return self.preprocess(image, **kwargs)["pixel_values"][0]
+
+
+if is_torchvision_available():
+
+    class MeterImageProcessorFast(CLIPImageProcessor):
+        """`MeterImageProcessor` on transformers' torchvision backend (`CLIPImageProcessor`): batched, any device.
+
+        The same overrides as the PIL class: alpha dropped as METER does (for "clip" after resizing the RGBA image,
+        its colours premultiplied by alpha during the resize like PIL's), torchvision's crop offsets. Not
+        bit-exact: torchvision's bicubic resize rounds differently from PIL's, so some pixels are one grey level
+        off METER's (at most 1/255 / std after normalising); the PIL class stays the default.
+        """
+
+        model_input_names = ["pixel_values"]
+        size = {"shortest_edge": 384}
+        crop_size = {"height": 384, "width": 384}
+
+        def __init__(self, size=384, transform: str = "clip", image_mean=None, image_std=None, crop_size=None,
+                     **kwargs):
+            self.transform = transform_name(transform)
+            super().__init__(**_meter_kwargs(self.transform, size, image_mean, image_std, crop_size), **kwargs)
+
+        def fetch_images(self, images):
+            return _open_local_paths(images, super().fetch_images)
+
+        def process_image(self, image, *args, do_convert_rgb=None, **kwargs):
+            if do_convert_rgb is not False:  # alpha kept for "clip" (dropped after the crop), else dropped now
+                image = _as_pil(image).convert("RGBA" if TRANSFORMS[self.transform]["rgba"] else "RGB")
+            return super().process_image(image, *args, do_convert_rgb=False, **kwargs)
+
+        def resize(self, image, size, **kwargs):
+            if image.shape[-3] != 4:
+                return super().resize(image, size, **kwargs)
+            # PIL resizes RGBA with premultiplied colours (its RGBa mode) and divides them back afterwards
+            rgba = image.to(torch.int32)
+            alpha = rgba[..., 3:, :, :]
+            product = rgba[..., :3, :, :] * alpha + 128
+            premultiplied = torch.cat([((product >> 8) + product) >> 8, alpha], dim=-3).to(torch.uint8)
+            resized = super().resize(premultiplied, size, **kwargs).to(torch.int32)
+            colour, alpha = resized[..., :3, :, :], resized[..., 3:, :, :]
+            divided = torch.clamp(255 * colour // alpha.clamp(min=1), max=255)
+            colour = torch.where((alpha == 0) | (alpha == 255), colour, divided)
+            return torch.cat([colour, alpha], dim=-3).to(torch.uint8)
+
+        def center_crop(self, image, size, **kwargs):
+            """torchvision's CenterCrop offsets, then the colour channels only (METER's `convert("RGB")`)."""
+            height, width = image.shape[-2:]
+            if height < size.height or width < size.width:  # cannot happen after the shorter-side resize
+                raise ValueError(f"image {width}x{height} is smaller than the crop {size.width}x{size.height}")
+            top = int(round((height - size.height) / 2.0))
+            left = int(round((width - size.width) / 2.0))
+            return image[..., :3, top : top + size.height, left : left + size.width]
+
+        def _preprocess(self, images, *args, return_tensors=None, **kwargs) -> BatchFeature:
+            pixels = super()._preprocess(images, *args, return_tensors="pt", **kwargs)["pixel_values"]
+            return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
+
+        def transform_image(self, image, size: int | None = None):
+            """One image -> float32 tensor [3, size, size]."""
+            kwargs = {"size": {"shortest_edge": int(size)}, "crop_size": int(size)} if size else {}
+            return self.preprocess(image, **kwargs)["pixel_values"][0]
+
+else:
+
+    def __getattr__(name):
+        if name == "MeterImageProcessorFast":  # what auto_map's fast entry asks for (use_fast=True)
+            logger.warning_once("torchvision is not installed: MeterImageProcessorFast falls back to the PIL "
+                                "MeterImageProcessor")
+            return MeterImageProcessor
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MeterProcessor(ProcessorMixin):

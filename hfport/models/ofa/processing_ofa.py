@@ -1,6 +1,7 @@
 """OFA tokenizer, image processor and processor.
 
-Copied into every converted OFA folder: it imports only numpy, PIL, torch and transformers.
+Copied into every converted OFA folder: it imports only numpy, PIL, torch and transformers (torchvision, when
+installed, for `OFAImageProcessorFast`).
 
 The tokenizer's ids are the indices of OFA's fairseq task dictionary (`<s> <pad> </s> <unk>`, the lines of
 `dict.txt`, `<mask>`, `<code_*>`, `<bin_*>`), so its output feeds the converted weights directly.
@@ -18,6 +19,13 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerFast
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import is_torchvision_available, logging
+
+if is_torchvision_available():
+    import torch
+    from transformers.models.blip.image_processing_blip import BlipImageProcessor
+
+logger = logging.get_logger(__name__)
 
 # OFA's captioning prompts (data/mm_data/caption_dataset.py); the English one starts with a space because
 # every text segment OFA encodes carries its leading space.
@@ -122,6 +130,48 @@ class OFAImageProcessor(BlipImageProcessorPil):
         kwargs = {"size": int(size)} if size else {}
         return self.preprocess(image, **kwargs)["patch_images"][0]
 
+
+if is_torchvision_available():
+
+    class OFAImageProcessorFast(BlipImageProcessor):
+        """`OFAImageProcessor` on transformers' torchvision backend (`BlipImageProcessor`): batched, on any device.
+
+        The same overrides as the PIL class (alpha dropped like PIL's `convert("RGB")`, `patch_images` /
+        `patch_masks`). Not bit-exact: torchvision's bicubic resize rounds differently from PIL's, so some pixels
+        are one grey level off OFA's (at most 2/255 after the 0.5 normalisation); the PIL class stays the default.
+        """
+
+        model_input_names = ["patch_images", "patch_masks"]
+        size = {"height": 480, "width": 480}
+        image_mean = [0.5, 0.5, 0.5]
+        image_std = [0.5, 0.5, 0.5]
+
+        def fetch_images(self, images):
+            return _open_local_paths(images, super().fetch_images)
+
+        def process_image(self, image, *args, do_convert_rgb=None, **kwargs):
+            if do_convert_rgb is not False:
+                image = _as_pil(image).convert("RGB")  # drops the alpha, as OFA's datasets do
+            return super().process_image(image, *args, do_convert_rgb=False, **kwargs)
+
+        def _preprocess(self, images, *args, return_tensors=None, **kwargs) -> BatchFeature:
+            pixels = super()._preprocess(images, *args, return_tensors="pt", **kwargs)["pixel_values"]
+            masks = torch.ones(len(pixels), dtype=torch.bool, device=pixels.device)
+            return BatchFeature({"patch_images": pixels, "patch_masks": masks}, tensor_type=return_tensors)
+
+        def transform(self, image, size: int | None = None):
+            """One image -> float32 tensor [3, size, size]."""
+            kwargs = {"size": int(size)} if size else {}
+            return self.preprocess(image, **kwargs)["patch_images"][0]
+
+else:
+
+    def __getattr__(name):
+        if name == "OFAImageProcessorFast":  # what auto_map's fast entry asks for (use_fast=True)
+            logger.warning_once("torchvision is not installed: OFAImageProcessorFast falls back to the PIL "
+                                "OFAImageProcessor")
+            return OFAImageProcessor
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 class OFAProcessor(ProcessorMixin):
     """Image + text -> `input_ids`, `attention_mask`, `patch_images`, `patch_masks` for `OFAForConditionalGeneration`.
