@@ -309,7 +309,8 @@ def offer_fast_image_processor(out_dir: Path, module: str, image_class: str) -> 
     """
     entry = [f"{module}.{image_class}", f"{module}.{image_class}Fast"]
     config = json.loads((out_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
-    _update_json(out_dir / "preprocessor_config.json", auto_map={**config.get("auto_map", {}), "AutoImageProcessor": entry})
+    _update_json(out_dir / "preprocessor_config.json",
+                 auto_map={**config.get("auto_map", {}), "AutoImageProcessor": entry})
     processor_config = json.loads((out_dir / "processor_config.json").read_text(encoding="utf-8"))
     image_config = processor_config.get("image_processor", {})
     image_config["auto_map"] = {**image_config.get("auto_map", {}), "AutoImageProcessor": entry}

@@ -125,7 +125,7 @@ def test_fast_processors_are_the_stock_torchvision_processors_with_only_ofa_and_
 @pytest.mark.parametrize("pipeline", sorted(STDS))
 def test_fast_pixels_are_within_torchvisions_bicubic_rounding_of_the_recordings(pipeline):
     # torchvision's uint8 bicubic rounds differently from PIL's fixed-point one: a few pixels move by up to 3 of
-    # 255 steps (measured: at most 3, on the alpha images OFA flattens first; at most 1 on RGB / L / P / 1)
+    # 255 steps (measured: at most 3, on the alpha images flattened before the resize; at most 1 on RGB / L / P / 1)
     processor = fast_pipelines()[pipeline]
     for name, meta in META["images"].items():
         got = processor(source(name))[processor.model_input_names[0]][0]
