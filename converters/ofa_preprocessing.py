@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -222,44 +223,35 @@ def save_ofa_preprocessing(
     symbols = check_ofa_preprocessing(bpe_dir=bpe_dir, bpe=bpe, vocab_size=vocab_size, code_dict_size=code_dict_size,
                                       num_bins=num_bins, patch_image_size=patch_image_size)
 
-    from hfport.models.ofa import processing_ofa  # the module copied into the folder
-
     backend = build_ofa_tokenizer(bpe_dir, symbols, bpe)
     model_vocab = backend.get_vocab(with_added_tokens=False)
     # Sub-words the dictionary lacks sit after it and must read as <unk>: only OFATokenizerFast (shipped code) can
     # do that. A dictionary covering every sub-word (OFA's real English and Chinese ones) gets transformers' own class.
     needs_unk_mapping = len(model_vocab) > len(symbols)
+    tokenizer_settings = {
+        "backend": "tokenizers",
+        "bos_token": _name_of_index(model_vocab, 0),
+        "pad_token": _name_of_index(model_vocab, 1),
+        "eos_token": _name_of_index(model_vocab, 2),
+        "unk_token": _name_of_index(model_vocab, 3),
+        "mask_token": "<mask>" if "<mask>" in symbols else None,
+        "model_max_length": int(max_source_positions),
+        "clean_up_tokenization_spaces": False,
+    }
     if needs_unk_mapping:
-        tokenizer_class, extra = "OFATokenizerFast", {"dictionary_size": len(symbols), "bpe": bpe}
-        make_tokenizer = processing_ofa.OFATokenizerFast
+        tokenizer_class = "OFATokenizerFast"
+        tokenizer_settings.update(dictionary_size=len(symbols), bpe=bpe)
     else:
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer_class, extra, make_tokenizer = "PreTrainedTokenizerFast", {}, PreTrainedTokenizerFast
-    tokenizer = make_tokenizer(
-        tokenizer_object=backend,
-        **extra,
-        bos_token=_name_of_index(model_vocab, 0),
-        pad_token=_name_of_index(model_vocab, 1),
-        eos_token=_name_of_index(model_vocab, 2),
-        unk_token=_name_of_index(model_vocab, 3),
-        mask_token="<mask>" if "<mask>" in symbols else None,
-        model_max_length=int(max_source_positions),
-        clean_up_tokenization_spaces=False,
-    )
-    image_processor = processing_ofa.OFAImageProcessor(
-        size=int(patch_image_size), image_mean=list(image_mean), image_std=list(image_std)
-    )
-    processor = processing_ofa.OFAProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, max_words=int(max_src_length) if max_src_length else None,
-        bpe=bpe,
-    )
+        tokenizer_class = "PreTrainedTokenizerFast"
+    image_settings = {**IMAGE_PROCESSOR_DEFAULTS, "size": {"height": int(patch_image_size), "width": int(patch_image_size)},
+                      "image_mean": [float(v) for v in image_mean], "image_std": [float(v) for v in image_std]}
+    processor_settings = {"max_words": int(max_src_length) if max_src_length else None, "bpe": bpe}
     before = set(_listing(out_dir))
-    _save_with_auto_map(processor, out_dir, "processing_ofa", "OFAProcessor", "OFAImageProcessor", tokenizer_class,
-                        tokenizer_is_shipped=needs_unk_mapping)
+    write_processor_files(out_dir, backend, tokenizer_settings, image_settings, processor_settings, "processing_ofa",
+                          "OFAProcessor", "OFAImageProcessor", tokenizer_class, tokenizer_is_shipped=needs_unk_mapping)
     if fast_image_processor:
         offer_fast_image_processor(out_dir, "processing_ofa", "OFAImageProcessor")
-    shutil.copyfile(processing_ofa.__file__, out_dir / "processing_ofa.py")
+    shutil.copyfile(resources.files("hfport.models.ofa") / "processing_ofa.py", out_dir / "processing_ofa.py")
     return sorted(set(_listing(out_dir)) - before | {"processing_ofa.py"})
 
 
@@ -267,31 +259,35 @@ def _listing(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir()] if folder.is_dir() else []
 
 
-def _save_with_auto_map(processor, out_dir: Path, module: str, processor_class: str, image_class: str, tokenizer_class: str,
-                        tokenizer_is_shipped: bool = True):
-    """save_pretrained, then point the Auto classes at the module copied beside the weights (the tokenizer's only
-    when it is a class of that module)."""
+# What transformers' BlipImageProcessorPil (OFAImageProcessor's base) saves besides size, mean and std: a test holds
+# these files equal to the ones transformers' own save_pretrained writes.
+IMAGE_PROCESSOR_DEFAULTS = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+                            "resample": 3, "rescale_factor": 1 / 255}
+
+
+def write_processor_files(out_dir: Path, backend: Tokenizer, tokenizer_settings: dict, image_settings: dict,
+                          processor_settings: dict, module: str, processor_class: str, image_class: str,
+                          tokenizer_class: str, tokenizer_is_shipped: bool = True) -> None:
+    """tokenizer.json, tokenizer_config.json, preprocessor_config.json and processor_config.json, written as
+    transformers' save_pretrained writes them but without importing it (seconds), with the Auto classes pointing at
+    the module copied beside the weights (the tokenizer's only when it is a class of that module)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    processor.save_pretrained(str(out_dir))
+    backend.save(str(out_dir / "tokenizer.json"))
+    auto_map = {"AutoProcessor": f"{module}.{processor_class}"}
+    if tokenizer_is_shipped:
+        auto_map["AutoTokenizer"] = [None, f"{module}.{tokenizer_class}"]
+    _update_json(out_dir / "tokenizer_config.json", **tokenizer_settings, tokenizer_class=tokenizer_class,
+                 processor_class=processor_class, auto_map=auto_map)
     image_config = {
-        **processor.image_processor.to_dict(),
+        **image_settings,
         "image_processor_type": image_class,
         "processor_class": processor_class,
         "auto_map": {"AutoImageProcessor": f"{module}.{image_class}", "AutoProcessor": f"{module}.{processor_class}"},
     }
     _update_json(out_dir / "preprocessor_config.json", **image_config)
-    auto_map = {"AutoProcessor": f"{module}.{processor_class}"}
-    if tokenizer_is_shipped:
-        auto_map["AutoTokenizer"] = [None, f"{module}.{tokenizer_class}"]
-    _update_json(out_dir / "tokenizer_config.json", tokenizer_class=tokenizer_class, processor_class=processor_class,
-                 auto_map=auto_map)
     # transformers 5 reads a processor's image processor from processor_config.json first
-    _update_json(
-        out_dir / "processor_config.json",
-        image_processor=image_config,
-        processor_class=processor_class,
-        auto_map={"AutoProcessor": f"{module}.{processor_class}"},
-    )
+    _update_json(out_dir / "processor_config.json", **processor_settings, image_processor=image_config,
+                 processor_class=processor_class, auto_map={"AutoProcessor": f"{module}.{processor_class}"})
 
 
 def _update_json(path: Path, **entries) -> None:

@@ -181,6 +181,26 @@ def test_converting_an_ofa_checkpoint_imports_neither_transformers_nor_modelling
     assert not any(info.values()), info
 
 
+def test_converting_with_a_bpe_dir_writes_the_tokenizer_without_importing_transformers(shared_root, tmp_path):
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    (bpe / "dict.txt").symlink_to(shared_root / "fixtures" / "ofa" / "bpe_tiny" / "dict.txt")
+    for name in ("encoder.json", "vocab.bpe"):
+        (bpe / name).symlink_to(shared_root / "fixtures" / "ofa" / "bpe" / name)
+    source = shared_root / "fixtures" / "ofa" / "ofa-tiny-standard" / "checkpoint.pt"
+    script = ("import sys\nfrom hfport.converters import convert_checkpoint\n"
+              f"convert_checkpoint({str(source)!r}, {str(tmp_path / 'out')!r}, bpe_dir={str(bpe)!r})\n"
+              "print('IMPORTED', [m for m in ('transformers', 'hfport.models.ofa.processing_ofa') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "IMPORTED []" in result.stdout
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    assert type(processor).__name__ == "OFAProcessor" and processor.tokenizer.dictionary_size == 77
+    assert processor(text="what is this?", task="vqa").input_ids[0][0] == 0
+
+
 def test_a_corrupted_member_is_reported_even_when_the_hash_runs_alongside(shared_root, tmp_path):
     """The background hash's CRC refusal wins over whatever the damaged bytes made fail meanwhile."""
     from hfport.converters import convert_checkpoint

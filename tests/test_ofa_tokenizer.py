@@ -195,3 +195,60 @@ def test_processor_reads_the_text_style_of_folders_written_before_it_carried_one
     processor = english["tiny"]
     old_style = type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
     assert old_style.bpe == processor.tokenizer.bpe == "gpt2"
+
+
+def _save_through_transformers(out, bpe_dir, bpe, vocab_size, code_dict_size, num_bins, patch_image_size,
+                               max_src_length):
+    """The same tokenizer and processor built as transformers objects and saved by transformers' save_pretrained."""
+    from transformers import PreTrainedTokenizerFast
+
+    from hfport.converters.ofa_preprocessing import _name_of_index, build_ofa_tokenizer, check_ofa_preprocessing
+    from hfport.models.ofa import processing_ofa
+
+    symbols = check_ofa_preprocessing(bpe_dir=bpe_dir, bpe=bpe, vocab_size=vocab_size, code_dict_size=code_dict_size,
+                                      num_bins=num_bins, patch_image_size=patch_image_size)
+    backend = build_ofa_tokenizer(Path(bpe_dir), symbols, bpe)
+    vocab = backend.get_vocab(with_added_tokens=False)
+    shipped = len(vocab) > len(symbols)
+    make = processing_ofa.OFATokenizerFast if shipped else PreTrainedTokenizerFast
+    tokenizer = make(tokenizer_object=backend, **({"dictionary_size": len(symbols), "bpe": bpe} if shipped else {}),
+                     bos_token=_name_of_index(vocab, 0), pad_token=_name_of_index(vocab, 1),
+                     eos_token=_name_of_index(vocab, 2), unk_token=_name_of_index(vocab, 3),
+                     mask_token="<mask>" if "<mask>" in symbols else None, model_max_length=1024,
+                     clean_up_tokenization_spaces=False)
+    images = processing_ofa.OFAImageProcessor(size=patch_image_size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processing_ofa.OFAProcessor(image_processor=images, tokenizer=tokenizer, max_words=max_src_length,
+                                bpe=bpe).save_pretrained(str(out))
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "auto_map":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("case", ["real", "tiny", "bert"])
+def test_processor_files_written_without_transformers_equal_what_transformers_saves(case, tmp_path, real_bpe_dir,
+                                                                                   tiny_bpe_dir):
+    """hfport writes tokenizer.json / tokenizer_config.json / processor_config.json itself (importing transformers
+    costs seconds); every entry transformers would write is there with its value, plus hfport's auto_map."""
+    spec = {"real": GPT2["dictionaries"]["real"], "tiny": GPT2["dictionaries"]["tiny"], "bert": BERT}[case]
+    bpe_dir = {"real": real_bpe_dir, "tiny": tiny_bpe_dir, "bert": DATA / "ofa_bert_vocab"}[case]
+    bpe = "bert" if case == "bert" else "gpt2"
+    args = (bpe_dir, bpe, spec["size"], spec["code_dict_size"], spec["num_bins"], 32, 20)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    save_ofa_preprocessing(ours, bpe_dir=bpe_dir, bpe=bpe, vocab_size=spec["size"], code_dict_size=spec["code_dict_size"],
+                           num_bins=spec["num_bins"], patch_image_size=32, max_src_length=20)
+    _save_through_transformers(theirs, *args)
+    assert (ours / "tokenizer.json").read_text(encoding="utf-8") == (theirs / "tokenizer.json").read_text(encoding="utf-8")
+    added = {"auto_map", "image_processor.auto_map", "image_processor.processor_class", "tokenizer_class"}
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        mine = _flat(json.loads((ours / name).read_text(encoding="utf-8")))
+        saved = _flat(json.loads((theirs / name).read_text(encoding="utf-8")))
+        assert set(saved) - set(mine) == set(), name
+        assert {k: v for k, v in saved.items() if k not in added} == {k: mine[k] for k in saved if k not in added}, name
+        assert set(mine) - set(saved) <= added, name
