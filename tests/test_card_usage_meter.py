@@ -23,12 +23,33 @@ from helpers import fresh_process_env
 DATA = Path(__file__).parent / "data"
 IMAGES = {"example.jpg": DATA / "images" / "rgb_37x23.png",  # what the single-image snippets open
           "left.jpg": DATA / "images" / "rgb_37x23.png", "right.jpg": DATA / "images" / "palette_45x28.png"}
-TOKENIZER = DATA / "meter_tokenizers" / "tiny-bert-uncased"
+BERT_TOKENIZER = DATA / "meter_tokenizers" / "tiny-bert-uncased"  # its mask token is [MASK]
 
-# card name -> (shared fixture, --head); the pre-training fixture carries MLM + ITM, so it also gives each alone
-HEADS = {"snli": ("meter-tiny-snli", None), "nlvr2": ("meter-tiny-nlvr2", None), "irtr": ("meter-tiny-irtr", None),
-         "itm": ("meter-tiny-pretrain-released-style", "itm"), "mlm": ("meter-tiny-pretrain-released-style", "mlm"),
-         "pretraining": ("meter-tiny-pretrain-released-style", None)}
+# card name -> (shared fixture, --head, tokenizer); the pre-training fixture carries MLM + ITM, so it also gives
+# each alone. The fixtures' text tower is a tiny RoBERTa (vocab 100): the MLM card gets a RoBERTa tokenizer
+# (mask token <mask>, as with roberta-base), the others the tiny BERT one (ids < 100 as well).
+HEADS = {"snli": ("meter-tiny-snli", None, "bert"), "nlvr2": ("meter-tiny-nlvr2", None, "bert"),
+         "irtr": ("meter-tiny-irtr", None, "bert"), "itm": ("meter-tiny-pretrain-released-style", "itm", "bert"),
+         "mlm": ("meter-tiny-pretrain-released-style", "mlm", "roberta"),
+         "pretraining": ("meter-tiny-pretrain-released-style", None, "bert")}
+
+
+def _tiny_roberta_tokenizer(folder: Path) -> Path:
+    """A byte-level BPE vocabulary of under 100 ids (letters, a few upper-case ones, brackets, merges up to
+    " photo" and " of") with <mask>: it fits the fixtures' 100-row embedding, and the card's sentence fits their
+    12-token text length. The folder name says "roberta", as METER's tokenizer choice needs."""
+    import string
+
+    space, letters = "\u0120", string.ascii_lowercase
+    merges = [(space, c) for c in letters] + [(space + "p", "h"), (space + "ph", "o"), (space + "pho", "t"),
+                                              (space + "phot", "o"), (space + "o", "f")]
+    symbols = list(letters + string.ascii_uppercase[:10] + space + ".?,[]") + ["".join(m) for m in merges]
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *symbols, "<mask>"]
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return folder
+
 
 # One interpreter for all snippets (one torch + transformers import), each in its own namespace; a snippet that
 # raises is reported as one "ERROR" line, so only its own test fails.
@@ -59,11 +80,12 @@ def folders(tmp_path_factory, shared_root) -> dict[str, Path]:
     from hfport.converters import convert_checkpoint
 
     root = tmp_path_factory.mktemp("card_meter_heads")
+    tokenizers = {"bert": BERT_TOKENIZER, "roberta": _tiny_roberta_tokenizer(root / "tiny-roberta-mask")}
     converted = {}
-    for name, (fixture, head) in HEADS.items():
+    for name, (fixture, head, tokenizer) in HEADS.items():
         source = shared_root / "fixtures" / "meter" / fixture
         converted[name] = convert_checkpoint(source / "checkpoint.ckpt", root / name, head=head,
-                                             text_config=source / "text_config.json", tokenizer=str(TOKENIZER))
+                                             text_config=source / "text_config.json", tokenizer=str(tokenizers[tokenizer]))
     return converted
 
 
@@ -167,8 +189,8 @@ def test_the_image_text_matching_card_snippet_without_a_rank_head_prints_the_mat
 
 def test_the_masked_lm_card_snippet_fills_the_tokenizers_own_mask_token(snippets, folders, capsys):
     snippet = snippets["mlm"]
-    assert "processor.tokenizer.mask_token" in snippet["code"]  # not a literal [MASK]: RoBERTa's is <mask>
     processor, inputs, outputs, text = _direct(folders["mlm"], snippet["code"])
+    assert processor.tokenizer.mask_token == "<mask>" and "<mask>" in text  # a literal [MASK] would find no mask
     expected = [_mask_line(processor, inputs, outputs.logits)]
     assert snippet["printed"] == expected
     assert _hfport_run(folders["mlm"], text, capsys) == expected
@@ -177,6 +199,7 @@ def test_the_masked_lm_card_snippet_fills_the_tokenizers_own_mask_token(snippets
 def test_the_pretraining_card_snippet_fills_the_mask_and_prints_the_match_probability(snippets, folders, capsys):
     snippet = snippets["pretraining"]
     processor, inputs, outputs, text = _direct(folders["pretraining"], snippet["code"])
+    assert processor.tokenizer.mask_token == "[MASK]" and "[MASK]" in text
     expected = [_mask_line(processor, inputs, outputs.mlm_logits),
                 f"match probability: {outputs.itm_logits.softmax(-1)[0, 1]:.4f}"]
     assert snippet["printed"] == expected
@@ -187,4 +210,4 @@ def test_hfport_run_on_a_masked_lm_without_a_mask_token_says_so_in_one_line(fold
     capsys.readouterr()
     assert cli_main(["run", str(folders["mlm"]), "--image", str(IMAGES["example.jpg"]), "--text", "a cat."]) != 0
     err = capsys.readouterr().err
-    assert "error: a masked-LM model fills mask tokens: put [MASK] in --text" in err and "Traceback" not in err
+    assert "error: a masked-LM model fills mask tokens: put <mask> in --text" in err and "Traceback" not in err
