@@ -189,6 +189,7 @@ def test_the_image_text_matching_card_snippet_without_a_rank_head_prints_the_mat
 
 def test_the_masked_lm_card_snippet_fills_the_tokenizers_own_mask_token(snippets, folders, capsys):
     snippet = snippets["mlm"]
+    assert len(snippet["printed"]) == 1, snippet["printed"]  # one line for the one mask token
     processor, inputs, outputs, text = _direct(folders["mlm"], snippet["code"])
     assert processor.tokenizer.mask_token == "<mask>" and "<mask>" in text  # a literal [MASK] would find no mask
     expected = [_mask_line(processor, inputs, outputs.logits)]
