@@ -105,6 +105,20 @@ def _name_of_index(vocab: dict[str, int], index: int) -> str:
     return next(token for token, i in vocab.items() if i == index)
 
 
+BERT_SPECIALS = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
+
+
+def _wordpiece_can_produce(subword: str, normalizer, pre_tokenizer) -> bool:
+    """Whether BERT's normaliser + pre-tokeniser can ever hand WordPiece a word containing `subword`.
+
+    A sub-word that cannot appear (OFA's real vocab.txt has U+2028 and `##`+U+2028, which the normaliser turns into
+    a space) needs no entry, so a dictionary lacking only such sub-words still allows a plain fast tokenizer."""
+    if subword in BERT_SPECIALS:  # kept whole from the text as added tokens
+        return True
+    core = subword[2:] if subword.startswith("##") and len(subword) > 2 else subword
+    return [piece for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(core))] == [core]
+
+
 def build_ofa_tokenizer(bpe_dir: Path, symbols: list[str], bpe: str = "gpt2") -> Tokenizer:
     """A `tokenizers.Tokenizer` reproducing fairseq's `Dictionary.encode_line(bpe.encode(text))` with OFA's dictionary."""
     if bpe == "gpt2":
@@ -119,13 +133,18 @@ def build_ofa_tokenizer(bpe_dir: Path, symbols: list[str], bpe: str = "gpt2") ->
         subwords = _read_wordpiece_vocab(bpe_dir)
         if "[UNK]" not in subwords:
             raise ConfigError(f"{bpe_dir / 'vocab.txt'} has no [UNK] token; it is not a BERT vocabulary")
-        vocab = _model_vocab(symbols, list(dict.fromkeys(subwords)), lambda token: token)
-        tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         # OFA builds BertBPE with bpe_cased=False, i.e. BertTokenizer(do_lower_case=True)
-        tokenizer.normalizer = normalizers.BertNormalizer(
+        normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
         )
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        in_dictionary = set(symbols)
+        subwords = [w for w in dict.fromkeys(subwords)
+                    if w in in_dictionary or _wordpiece_can_produce(w, normalizer, pre_tokenizer)]
+        vocab = _model_vocab(symbols, subwords, lambda token: token)
+        tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizer
+        tokenizer.pre_tokenizer = pre_tokenizer
         tokenizer.decoder = decoders.WordPiece(prefix="##")
         normalized_specials = False
     else:
@@ -139,7 +158,7 @@ def build_ofa_tokenizer(bpe_dir: Path, symbols: list[str], bpe: str = "gpt2") ->
     tokenizer.add_tokens([AddedToken(t, lstrip=True, normalized=normalized_specials) for t in extra])
     if bpe == "bert":
         # the slow BertTokenizer fairseq used keeps its own special tokens whole when they appear in text
-        bert_specials = [t for t in ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]") if t in vocab]
+        bert_specials = [t for t in BERT_SPECIALS if t in vocab]
         tokenizer.add_tokens([AddedToken(t, normalized=False) for t in bert_specials])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}",
@@ -205,10 +224,19 @@ def save_ofa_preprocessing(
 
     backend = build_ofa_tokenizer(bpe_dir, symbols, bpe)
     model_vocab = backend.get_vocab(with_added_tokens=False)
-    tokenizer = processing_ofa.OFATokenizerFast(
+    # Sub-words the dictionary lacks sit after it and must read as <unk>: only OFATokenizerFast (shipped code) can
+    # do that. A dictionary covering every sub-word (OFA's real English and Chinese ones) gets transformers' own class.
+    needs_unk_mapping = len(model_vocab) > len(symbols)
+    if needs_unk_mapping:
+        tokenizer_class, extra = "OFATokenizerFast", {"dictionary_size": len(symbols), "bpe": bpe}
+        make_tokenizer = processing_ofa.OFATokenizerFast
+    else:
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer_class, extra, make_tokenizer = "PreTrainedTokenizerFast", {}, PreTrainedTokenizerFast
+    tokenizer = make_tokenizer(
         tokenizer_object=backend,
-        dictionary_size=len(symbols) if len(model_vocab) > len(symbols) else None,
-        bpe=bpe,
+        **extra,
         bos_token=_name_of_index(model_vocab, 0),
         pad_token=_name_of_index(model_vocab, 1),
         eos_token=_name_of_index(model_vocab, 2),
@@ -221,10 +249,12 @@ def save_ofa_preprocessing(
         size=int(patch_image_size), image_mean=list(image_mean), image_std=list(image_std)
     )
     processor = processing_ofa.OFAProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, max_words=int(max_src_length) if max_src_length else None
+        image_processor=image_processor, tokenizer=tokenizer, max_words=int(max_src_length) if max_src_length else None,
+        bpe=bpe,
     )
     before = set(_listing(out_dir))
-    _save_with_auto_map(processor, out_dir, "processing_ofa", "OFAProcessor", "OFAImageProcessor", "OFATokenizerFast")
+    _save_with_auto_map(processor, out_dir, "processing_ofa", "OFAProcessor", "OFAImageProcessor", tokenizer_class,
+                        tokenizer_is_shipped=needs_unk_mapping)
     shutil.copyfile(processing_ofa.__file__, out_dir / "processing_ofa.py")
     return sorted(set(_listing(out_dir)) - before | {"processing_ofa.py"})
 
@@ -233,8 +263,10 @@ def _listing(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir()] if folder.is_dir() else []
 
 
-def _save_with_auto_map(processor, out_dir: Path, module: str, processor_class: str, image_class: str, tokenizer_class: str):
-    """save_pretrained, then point the Auto classes at the module copied beside the weights."""
+def _save_with_auto_map(processor, out_dir: Path, module: str, processor_class: str, image_class: str, tokenizer_class: str,
+                        tokenizer_is_shipped: bool = True):
+    """save_pretrained, then point the Auto classes at the module copied beside the weights (the tokenizer's only
+    when it is a class of that module)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(str(out_dir))
     image_config = {
@@ -244,12 +276,11 @@ def _save_with_auto_map(processor, out_dir: Path, module: str, processor_class: 
         "auto_map": {"AutoImageProcessor": f"{module}.{image_class}", "AutoProcessor": f"{module}.{processor_class}"},
     }
     _update_json(out_dir / "preprocessor_config.json", **image_config)
-    _update_json(
-        out_dir / "tokenizer_config.json",
-        tokenizer_class=tokenizer_class,
-        processor_class=processor_class,
-        auto_map={"AutoTokenizer": [None, f"{module}.{tokenizer_class}"], "AutoProcessor": f"{module}.{processor_class}"},
-    )
+    auto_map = {"AutoProcessor": f"{module}.{processor_class}"}
+    if tokenizer_is_shipped:
+        auto_map["AutoTokenizer"] = [None, f"{module}.{tokenizer_class}"]
+    _update_json(out_dir / "tokenizer_config.json", tokenizer_class=tokenizer_class, processor_class=processor_class,
+                 auto_map=auto_map)
     # transformers 5 reads a processor's image processor from processor_config.json first
     _update_json(
         out_dir / "processor_config.json",

@@ -41,6 +41,25 @@ def test_the_chinese_tokenizer_gives_fairseq_bert_bpe_and_dictionary_ids_on_the_
     assert wrong == []
 
 
+def test_ofas_real_chinese_dictionary_ships_transformers_own_tokenizer_no_remote_code(tmp_path):
+    """vocab.txt's U+2028 and ##U+2028 are not in dict.txt, but BERT's normaliser makes them spaces, so no text can
+    produce them and no <unk> mapping (shipped code) is needed."""
+    from transformers import AutoTokenizer
+
+    save_ofa_preprocessing(tmp_path, bpe_dir=DICT_DIR, bpe="bert", vocab_size=RECORDINGS["size"],
+                           code_dict_size=RECORDINGS["code_dict_size"], num_bins=RECORDINGS["num_bins"],
+                           patch_image_size=480)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "AutoTokenizer" not in config["auto_map"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))  # no trust_remote_code
+    assert type(tokenizer).__module__.startswith("transformers.")
+    cases = RECORDINGS["cases"]
+    assert any("\u2028" in c["text"] for c in cases)
+    assert [c["text"][:30] for c in cases if tokenizer(c["text"]).input_ids != c["ids"]] == []
+    processor = _load_processor(tmp_path)
+    assert processor.bpe == "bert" and processor(task="caption").input_ids[0] == tokenizer("图片描述了什么内容?").input_ids
+
+
 @pytest.fixture(scope="module")
 def chinese_checkpoint(tmp_path_factory) -> Path:
     """The checkpoint fairseq wrote, restored byte for byte from its xz copy."""

@@ -158,3 +158,40 @@ def test_live_fairseq_still_gives_the_recorded_ids(real_bpe_dir, shared_root, en
         assert live["dictionaries"][name]["cases"] == GPT2["dictionaries"][name]["cases"]
         assert mismatches(english[name].tokenizer, live["dictionaries"][name]["cases"]) == []
     assert live["tasks"] == GPT2["tasks"]
+
+
+def _tokenizer_files(folder: Path) -> dict:
+    return json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+
+
+def test_a_dictionary_covering_every_sub_word_ships_transformers_own_tokenizer_no_remote_code(tmp_path, real_bpe_dir):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    spec = GPT2["dictionaries"]["real"]
+    save_ofa_preprocessing(tmp_path, bpe_dir=real_bpe_dir, vocab_size=spec["size"], code_dict_size=spec["code_dict_size"],
+                           num_bins=spec["num_bins"], patch_image_size=32)
+    config = _tokenizer_files(tmp_path)
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "AutoTokenizer" not in config["auto_map"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))  # no trust_remote_code
+    assert isinstance(tokenizer, PreTrainedTokenizerFast) and type(tokenizer).__module__.startswith("transformers.")
+    assert mismatches(tokenizer, spec["cases"]) == []
+    assert tokenizer.convert_tokens_to_ids(["<mask>", "<code_0>", "<bin_999>"]) == [50264, 50265, 59456]
+    # the processor (shipped code) still formats English prompts with it
+    processor = load_processor(tmp_path)
+    assert processor.bpe == "gpt2" and processor.format_text(None, "caption") == " what does the image describe?"
+
+
+def test_a_dictionary_lacking_sub_words_keeps_the_shipped_tokenizer_that_maps_them_to_unk(tmp_path, tiny_bpe_dir):
+    spec = GPT2["dictionaries"]["tiny"]
+    save_ofa_preprocessing(tmp_path, bpe_dir=tiny_bpe_dir, vocab_size=spec["size"], code_dict_size=spec["code_dict_size"],
+                           num_bins=spec["num_bins"], patch_image_size=32)
+    config = _tokenizer_files(tmp_path)
+    assert config["tokenizer_class"] == "OFATokenizerFast"
+    assert config["auto_map"]["AutoTokenizer"] == [None, "processing_ofa.OFATokenizerFast"]
+
+
+def test_processor_reads_the_text_style_of_folders_written_before_it_carried_one(english):
+    # folders of earlier releases: `bpe` only on OFATokenizerFast
+    processor = english["tiny"]
+    old_style = type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
+    assert old_style.bpe == processor.tokenizer.bpe == "gpt2"

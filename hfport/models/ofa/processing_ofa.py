@@ -134,12 +134,15 @@ class OFAProcessor(ProcessorMixin):
     `normalize=False` passes the text unchanged (add the leading space yourself, as OFA does).
     """
 
-    def __init__(self, image_processor, tokenizer, max_words: int | None = None):
+    def __init__(self, image_processor, tokenizer, max_words: int | None = None, bpe: str | None = None):
         super().__init__(image_processor, tokenizer)
         self.max_words = max_words  # OFA cuts questions and grounding texts to max_src_length words
+        # "gpt2" (English) or "bert" (Chinese): picks the prompts. Folders written before the processor carried it
+        # have it on their OFATokenizerFast.
+        self.bpe = bpe or getattr(tokenizer, "bpe", None) or "gpt2"
 
     def format_text(self, text: str | None, task: str = "none", normalize: bool = True) -> str:
-        bpe = getattr(self.tokenizer, "bpe", "gpt2")
+        bpe = self.bpe
         if task not in TASKS:
             raise ValueError(f"unknown OFA task {task!r}; expected one of {', '.join(TASKS)}")
         if task == "caption":
