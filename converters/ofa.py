@@ -168,15 +168,17 @@ def _layer_count_in(keys, prefix: str) -> int:
 
 
 def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
-    from hfport.models.ofa.configuration_ofa import RESNET_LAYERS, UNSUPPORTED_FLAGS, OFAConfig
+    # the config's values without importing transformers (seconds): the real OFAConfig is built by verify / load
+    from hfport.converters.ofa_config_draft import OFAConfigDraft, declared
 
-    enabled = [flag for flag in UNSUPPORTED_FLAGS if args.get(flag)]
+    fields, constants = declared()
+    resnet_layers = constants["RESNET_LAYERS"]
+    enabled = [flag for flag in constants["UNSUPPORTED_FLAGS"] if args.get(flag)]
     if enabled:
         raise UnsupportedCheckpointError(f"OFA option(s) {', '.join(enabled)} are set; hfport does not convert them yet")
 
-    fields = set(getattr(OFAConfig, "__annotations__", {}))
     values = {k: v for k, v in args.items() if k in fields and v is not None}
-    _check_value_types(values, OFAConfig())
+    _check_value_types(values, OFAConfigDraft())
     contradictions = []
     for name, value in structure.items():
         if name == "resnet_blocks":
@@ -185,9 +187,9 @@ def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
             contradictions.append(f"{name}={args[name]!r} but the tensors say {value!r}")
         values[name] = value
     stated = args.get("resnet_type")
-    if stated and RESNET_LAYERS.get(stated) != structure["resnet_blocks"]:
+    if stated and resnet_layers.get(stated) != structure["resnet_blocks"]:
         contradictions.append(f"resnet_type={stated!r} but the image encoder has {structure['resnet_blocks']} blocks")
-    values["resnet_type"] = stated if stated in RESNET_LAYERS and RESNET_LAYERS[stated] == structure[
+    values["resnet_type"] = stated if stated in resnet_layers and resnet_layers[stated] == structure[
         "resnet_blocks"] else RESNET_BY_BLOCKS[structure["resnet_blocks"]]
     if contradictions:
         raise ConfigError("hyper-parameters contradict the checkpoint's tensors: " + "; ".join(contradictions))
@@ -200,7 +202,7 @@ def build_config(args: dict, structure: dict, state: dict[str, torch.Tensor]):
     values["freeze_resnet"] = "encoder.embed_images.bn1.num_batches_tracked" not in state
     values["tie_word_embeddings"] = values["share_decoder_input_output_embed"]
     try:
-        config = OFAConfig(**values)
+        config = OFAConfigDraft(**values)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"unsupported OFA configuration: {err}") from None
     config.auto_map = {
@@ -320,15 +322,20 @@ def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None
     )
 
 
-def _write_generation_config(folder: Path, config) -> str:
-    from transformers import GenerationConfig
+def generation_settings(config) -> dict:
+    """OFA's decoding defaults for generation_config.json (pad never generated, 5 beams like OFA's evaluation)."""
+    return dict(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+                decoder_start_token_id=config.decoder_start_token_id, suppress_tokens=[config.pad_token_id],
+                num_beams=5, max_new_tokens=min(config.max_target_positions, 32))
 
-    generation = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        decoder_start_token_id=config.decoder_start_token_id, suppress_tokens=[config.pad_token_id],
-        num_beams=5, max_new_tokens=min(config.max_target_positions, 32),
-    )
-    generation.save_pretrained(folder)
+
+def _write_generation_config(folder: Path, config) -> str:
+    # what GenerationConfig(**settings).save_pretrained writes (held equal by a test), without importing transformers
+    from importlib import metadata
+    import json
+
+    data = {**generation_settings(config), "transformers_version": metadata.version("transformers")}
+    (folder / "generation_config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return "generation_config.json"
 
 

@@ -88,7 +88,72 @@ def test_stated_ofa_shapes_equal_the_meta_model_for_every_fixture_and_variant(sh
     assert len(sources) >= 9
     for source in sources:
         prepared = ofa.prepare(load_checkpoint(source), source)
-        _assert_same_inventory(prepared.config)
+        _assert_same_inventory(prepared.config.to_config())
+        _assert_draft_writes_the_real_config(prepared.config)
+
+
+def _assert_draft_writes_the_real_config(draft):
+    """config.json written by the transformers-free draft = the real OFAConfig's save_pretrained, and loads back."""
+    import json
+    import tempfile
+
+    real = draft.to_config()
+    real._auto_class = None  # as the pipeline saves it: a class registered earlier in this process must not rewrite auto_map
+    with tempfile.TemporaryDirectory() as mine, tempfile.TemporaryDirectory() as theirs:
+        draft.save_pretrained(mine)
+        real.save_pretrained(theirs)
+        written = json.loads((Path(mine) / "config.json").read_text())
+        assert written == json.loads((Path(theirs) / "config.json").read_text())
+        from hfport.models.ofa.configuration_ofa import OFAConfig
+
+        assert OFAConfig.from_pretrained(mine).to_dict() == real.to_dict()
+
+
+def _draft(**values):
+    from hfport.converters.ofa_config_draft import OFAConfigDraft
+
+    draft = OFAConfigDraft(**values)
+    draft.architectures, draft.auto_map, draft.dtype = ["OFAForConditionalGeneration"], {"AutoConfig": "x.y"}, "float16"
+    return draft
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_config_written_without_transformers_equals_ofaconfigs_for_every_preset(preset):
+    for switches in SWITCHES:
+        values = dict(PRESETS[preset], decoder_embed_dim=PRESETS[preset]["encoder_embed_dim"],
+                      decoder_ffn_embed_dim=PRESETS[preset]["encoder_ffn_embed_dim"], **switches)
+        _assert_draft_writes_the_real_config(_draft(**values))
+
+
+@pytest.mark.parametrize("values", [
+    dict(resnet_type="resnet200"), dict(share_all_embeddings=True, decoder_embed_dim=512),
+    dict(encoder_prompt=True, encoder_prompt_type="suffix"), dict(decoder_prompt=True, decoder_prompt_length=0),
+    dict(encoder_prompt=True, encoder_prompt_projection=True), dict(no_cross_attention=True),
+], ids=lambda v: "-".join(v))
+def test_the_draft_refuses_what_ofaconfig_refuses_with_the_same_words(values):
+    from hfport.converters.ofa_config_draft import OFAConfigDraft
+    from hfport.models.ofa.configuration_ofa import OFAConfig
+
+    with pytest.raises(ValueError) as real:
+        OFAConfig(**values)
+    with pytest.raises(ValueError, match=None) as draft:
+        OFAConfigDraft(**values)
+    assert str(draft.value) == str(real.value)
+
+
+def test_the_generation_config_written_without_transformers_equals_generationconfigs(tmp_path):
+    import json
+
+    from transformers import GenerationConfig
+
+    from hfport.converters.ofa import _write_generation_config, generation_settings
+
+    draft = _draft(max_target_positions=20, pad_token_id=1)
+    _write_generation_config(tmp_path, draft)
+    GenerationConfig(**generation_settings(draft)).save_pretrained(tmp_path / "real")
+    written = json.loads((tmp_path / "generation_config.json").read_text())
+    assert written == json.loads((tmp_path / "real" / "generation_config.json").read_text())
+    assert written["max_new_tokens"] == 20 and written["suppress_tokens"] == [1]
 
 
 def test_the_resnet_depth_table_is_the_configs():
@@ -98,17 +163,22 @@ def test_the_resnet_depth_table_is_the_configs():
     assert RESNET_BLOCKS == RESNET_LAYERS
 
 
-def test_converting_an_ofa_checkpoint_imports_no_modelling_code(shared_root, tmp_path):
-    """The conversion's cost floor: transformers' modelling stack (and hfport's model code) stay unimported."""
+def test_converting_an_ofa_checkpoint_imports_neither_transformers_nor_modelling_code(shared_root, tmp_path):
+    """The conversion's cost floor: transformers (seconds to import) and hfport's model code stay unimported; the
+    folder still loads with the real classes."""
     source = shared_root / "fixtures" / "ofa" / "ofa-tiny-standard" / "checkpoint.pt"
     script = ("import sys\nfrom hfport.converters import convert_checkpoint\n"
               f"convert_checkpoint({str(source)!r}, {str(tmp_path / 'out')!r})\n"
-              "heavy = [m for m in ('transformers.modeling_utils', 'transformers.generation.utils',"
+              "heavy = [m for m in ('transformers', 'transformers.modeling_utils', 'transformers.generation.utils',"
               " 'hfport.models.ofa.modeling_ofa') if m in sys.modules]\nprint('IMPORTED', heavy)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "IMPORTED []" in result.stdout
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    from transformers import AutoModelForSeq2SeqLM
+
+    _, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out", trust_remote_code=True, output_loading_info=True)
+    assert not any(info.values()), info
 
 
 def test_a_corrupted_member_is_reported_even_when_the_hash_runs_alongside(shared_root, tmp_path):
@@ -215,3 +285,55 @@ def test_inference_resnet_with_folded_batchnorm_matches_the_layer_by_layer_resne
         changed = resnet(pixels)
     torch.testing.assert_close(changed, resnet(pixels).detach(), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(changed, folded)
+
+
+def test_beam_search_leaves_the_cross_attention_cache_alone_and_finds_the_same_beams(monkeypatch):
+    """OFA's `_reorder_cache` reorders only the self-attention cache: tokens and scores equal the stock reorder."""
+    from transformers.cache_utils import EncoderDecoderCache
+
+    model = _tiny_model()
+    generator = torch.Generator().manual_seed(2)
+    src = torch.randint(4, 40, (2, 5), generator=generator)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    kwargs = dict(input_ids=src, patch_images=images, max_new_tokens=6, num_beams=3, num_return_sequences=3,
+                  do_sample=False, output_scores=True, return_dict_in_generate=True)
+    cross_reorders = []
+    original = EncoderDecoderCache.reorder_cache
+    with torch.no_grad():
+        fast = model.generate(**kwargs)
+        monkeypatch.setattr(EncoderDecoderCache, "reorder_cache",
+                            lambda self, idx: (cross_reorders.append(1), original(self, idx))[1])
+        monkeypatch.delattr(type(model), "_reorder_cache")
+        stock = model.generate(**kwargs)
+    assert cross_reorders  # the comparison really used the stock path
+    assert fast.sequences.tolist() == stock.sequences.tolist()
+    torch.testing.assert_close(fast.sequences_scores, stock.sequences_scores, atol=1e-6, rtol=0)
+
+
+def test_verification_generates_from_the_traced_encoder_output_after_one_full_generate():
+    """The first generation check encodes through generate(); later ones reuse the encoder output the trace of
+    the same set compared, and give the same tokens as encoding again."""
+    from hfport.verify.backends.hf_ofa import hf_generate, hf_trace
+
+    model = _tiny_model()
+    generator = torch.Generator().manual_seed(4)
+    sets = {name: {"src_tokens": torch.randint(4, 40, (2, 5), generator=generator),
+                   "src_lengths": torch.tensor([5, 5]),
+                   "patch_images": torch.randn(2, 3, 64, 64, generator=generator),
+                   "patch_masks": torch.tensor([True, name == "a"]),
+                   "prev_output_tokens": torch.randint(4, 40, (2, 3), generator=generator)} for name in ("a", "b")}
+    fresh = {(name, beams): hf_generate(_tiny_model(), inputs, beams, 5, 1)
+             for name, inputs in sets.items() for beams in (1, 3)}
+    encodes = []
+    model.get_encoder().register_forward_hook(lambda *a: encodes.append(1))
+    for inputs in sets.values():
+        hf_trace(model, inputs)
+    assert len(encodes) == 2
+    reused = {(name, beams): hf_generate(model, {k: v.clone() for k, v in inputs.items()}, beams, 5, 1)
+              for name, inputs in sets.items() for beams in (1, 3)}
+    assert len(encodes) == 3  # one full generate, then three from the traces
+    assert reused == fresh
+    other = {k: v.clone() for k, v in sets["a"].items()}
+    other["patch_images"] += 1  # unseen inputs are encoded, never answered from memory
+    hf_generate(model, other, 1, 5, 1)
+    assert len(encodes) == 4
