@@ -249,6 +249,10 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
     config = build_config(state, hp, text, head_class, kept)
     if labels is not None:
         apply_label_file(config, labels, head_class, task)
+    elif len(FIXED_LABELS.get(head_class, ())) == config.num_labels:
+        from hfport.labels import apply_labels
+
+        apply_labels(config, FIXED_LABELS[head_class], task)
     flags = {f"keep_{h}": h in kept for h in HEADS}
     notes = []
     if config.image_size != config.vision_config.image_size:
@@ -282,6 +286,10 @@ def prepare(checkpoint: dict, path: Path, *, text_config=None, tokenizer=None, h
 
 
 CLASSIFIER_HEADS = {"MeterForQuestionAnswering", "MeterForVisualEntailment", "MeterForVisualReasoning"}
+# label orders METER's data preparation fixes, so no --labels is needed: SNLI-VE's label2id (write_snli.py) and
+# NLVR2's answer (1 when the statement is "True")
+FIXED_LABELS = {"MeterForVisualEntailment": ["contradiction", "neutral", "entailment"],
+                "MeterForVisualReasoning": ["False", "True"]}
 
 
 def apply_label_file(config, path, head_class: str, task: str) -> None:

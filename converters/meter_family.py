@@ -95,23 +95,36 @@ def run_meter(config, processor, model, images, text, top_k) -> dict:
     with torch.no_grad():
         outputs = model(**inputs)
     id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
-    if getattr(outputs, "itm_logits", None) is not None or "ImageTextMatching" in architecture:
-        logits = outputs.itm_logits if getattr(outputs, "itm_logits", None) is not None else outputs.logits
-        return {"head": architecture, "match_probability": float(logits.softmax(-1)[0, 1])}
-    logits = outputs.logits[0]
-    if logits.dim() == 2:  # masked LM: the best tokens at each <mask>
-        mask_positions = (inputs["input_ids"][0] == processor.tokenizer.mask_token_id).nonzero().flatten().tolist()
+    result = {"head": architecture}
+    mlm_logits = getattr(outputs, "mlm_logits", None)  # pre-training: both heads answer
+    if mlm_logits is None and "MaskedLM" in architecture:
+        mlm_logits = outputs.logits
+    if mlm_logits is not None:  # the best tokens at each mask token of the text
+        tokenizer = processor.tokenizer
+        positions = (inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
+        if not positions and "MaskedLM" in architecture:
+            raise ConfigError(f"a masked-LM model fills mask tokens: put {tokenizer.mask_token} in --text")
         fills = []
-        for position in mask_positions:
-            scores, ids = logits[position].softmax(-1).topk(top_k)
-            fills.append([{"token": processor.tokenizer.convert_ids_to_tokens(int(i)), "score": float(s)}
+        for position in positions:
+            scores, ids = mlm_logits[0, position].softmax(-1).topk(top_k)
+            fills.append([{"token": tokenizer.convert_ids_to_tokens(int(i)), "score": float(s)}
                           for s, i in zip(scores, ids)])
-        return {"head": architecture, "masks": fills}
+        result["masks"] = fills
+    itm_logits = getattr(outputs, "itm_logits", None)
+    if itm_logits is None and "ImageTextMatching" in architecture:
+        itm_logits = outputs.logits
+    if itm_logits is not None:
+        result["match_probability"] = float(itm_logits.softmax(-1)[0, 1])
+    if getattr(outputs, "rank_scores", None) is not None:  # retrieval head: METER ranks candidates by this score
+        result["retrieval_score"] = float(outputs.rank_scores[0, 0])
+    if len(result) > 1:
+        return result
     # METER trains VQA with a binary cross-entropy per answer: sigmoid scores; the other heads are softmax classifiers
+    logits = outputs.logits[0]
     probabilities = logits.sigmoid() if "QuestionAnswering" in architecture else logits.softmax(-1)
     scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
-    answers = [{"label": id2label.get(int(i), int(i)), "score": float(s)} for s, i in zip(scores, indices)]
-    return {"head": architecture, "answers": answers}
+    result["answers"] = [{"label": id2label.get(int(i), int(i)), "score": float(s)} for s, i in zip(scores, indices)]
+    return result
 
 
 register_family(MeterFamily())

@@ -34,29 +34,39 @@ def ofa(repo_id: str, auto_class: str) -> str:
 
 
 def meter(repo_id: str, auto_class: str, model_class: str) -> str:
+    """One snippet per METER head, printing what `hfport run` prints for it (see run_meter in meter_family)."""
     pair = "VisualReasoning" in model_class
-    question = {"MeterForQuestionAnswering": "what color is the cat?",
-                "MeterForMaskedLM": "a photo of a [MASK].", "MeterForPreTraining": "a photo of a [MASK]."}
-    text = question.get(model_class, "a cat lies on a sofa.")
+    fills_mask = "MaskedLM" in model_class or "PreTraining" in model_class
+    matches = "ImageTextMatching" in model_class or "PreTraining" in model_class
     lines = ["import torch", "from PIL import Image", f"from transformers import {auto_class}, AutoProcessor", "",
              *_load(repo_id, auto_class, "AutoProcessor", True)]
+    if fills_mask:  # the tokenizer's own mask token: [MASK] for BERT, <mask> for RoBERTa
+        text = 'f"a photo of a {processor.tokenizer.mask_token}."'
+    elif pair:
+        text = '"one of the two images shows a cat."'
+    else:
+        text = '"what color is the cat?"' if "QuestionAnswering" in model_class else '"a cat lies on a sofa."'
     if pair:  # NLVR2: one statement about a pair of images
         lines += ['images = [(Image.open("left.jpg"), Image.open("right.jpg"))]  # your pair of images',
-                  f'inputs = processor(images=images, text=["{text}"], return_tensors="pt")']
+                  f'inputs = processor(images=images, text=[{text}], return_tensors="pt")']
     else:
-        lines += [IMAGE_LINE, f'inputs = processor(images=image, text=["{text}"], return_tensors="pt")']
+        lines += [IMAGE_LINE, f'inputs = processor(images=image, text=[{text}], return_tensors="pt")']
     lines += ["with torch.no_grad():", "    outputs = model(**inputs)"]
-    if "ImageTextMatching" in model_class:
-        lines += ["logits = outputs.itm_logits if getattr(outputs, \"itm_logits\", None) is not None else outputs.logits",
-                  'print(f"match probability: {logits.softmax(-1)[0, 1]:.4f}")']
-    elif "MaskedLM" in model_class or "PreTraining" in model_class:
-        lines += ["logits = outputs.logits[0]",
+    if fills_mask:
+        logits = "outputs.mlm_logits" if "PreTraining" in model_class else "outputs.logits"
+        lines += [f"logits = {logits}[0]",
                   "masks = (inputs[\"input_ids\"][0] == processor.tokenizer.mask_token_id).nonzero().flatten().tolist()",
                   "for index, position in enumerate(masks):",
                   "    scores, ids = logits[position].softmax(-1).topk(5)",
                   "    fills = [f\"{processor.tokenizer.convert_ids_to_tokens(int(i))} ({s:.4f})\" for s, i in zip(scores, ids)]",
                   "    print(f\"mask {index}: \" + \", \".join(fills))"]
-    else:
+    if matches:
+        logits = "outputs.itm_logits" if "PreTraining" in model_class else "outputs.logits"
+        lines += [f'print(f"match probability: {{{logits}.softmax(-1)[0, 1]:.4f}}")  # class 1 = the text fits the image']
+        if "ImageTextMatching" in model_class:
+            lines += ["if outputs.rank_scores is not None:  # retrieval checkpoints: METER ranks candidates by this score",
+                      '    print(f"retrieval score: {outputs.rank_scores[0, 0]:.4f}")']
+    if not (fills_mask or matches):
         activation = ("sigmoid()  # METER trains VQA with one sigmoid per answer" if "QuestionAnswering" in model_class
                       else "softmax(-1)")
         lines += [f"probabilities = outputs.logits[0].{activation}",

@@ -109,11 +109,13 @@ def command(folder, images, text, task, num_beams, greedy, max_length, top_k, an
         click.echo(result["text"])
         if "box" in result:
             click.echo("box (x0, y0, x1, y1): " + ", ".join(f"{v:g}" for v in result["box"]))
-    elif "match_probability" in result:
-        click.echo(f"match probability: {result['match_probability']:.4f}")
-    elif "masks" in result:
-        for index, fills in enumerate(result["masks"]):
+    elif "answers" not in result:  # METER's matching / retrieval / masked-LM heads, each line when present
+        for index, fills in enumerate(result.get("masks", [])):
             click.echo(f"mask {index}: " + ", ".join(f"{f['token']} ({f['score']:.4f})" for f in fills))
+        if "match_probability" in result:
+            click.echo(f"match probability: {result['match_probability']:.4f}")
+        if "retrieval_score" in result:
+            click.echo(f"retrieval score: {result['retrieval_score']:.4f}")
     else:
         for answer in result["answers"]:
             click.echo(f"{answer['score']:.4f}  {answer['label']}")
