@@ -8,7 +8,8 @@ every contender alike), then times, each in a fresh process, interleaved and min
   floor   python -c "import torch"
   cp      cp SOURCE DEST
   naive   torch.load(mmap=True, weights_only) + the key renames + safetensors save_file (no checks, no config)
-  hfport  convert_checkpoint(SOURCE, DEST) (this tree; and --compare-code's tree through PYTHONPATH, if given)
+  hfport  convert_checkpoint(SOURCE, DEST) (this tree; and --compare-code's tree through PYTHONPATH, if given;
+          and with --bpe-dir, also writing the tokenizer and processor)
 and prints each above the floor, hfport's ratio to cp (goal <= 2x) and to naive (goal <= 1x), and hfport's peak
 anonymous memory (sampled RssAnon; goal <= 400 MB on ofa_base).
 """
@@ -42,7 +43,7 @@ threading.Thread(target=_sample, daemon=True).start()
 HFPORT = _SAMPLER + """
 import sys
 from hfport.converters import convert_checkpoint
-convert_checkpoint(sys.argv[1], sys.argv[2], force=True)
+convert_checkpoint(sys.argv[1], sys.argv[2], force=True, **({"bpe_dir": sys.argv[3]} if len(sys.argv) > 3 else {}))
 print('PEAK_ANON_KB', _peak[0])
 """
 NAIVE = """
@@ -77,12 +78,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hfport-bench"))
     parser.add_argument("--compare-code", type=Path, help="another hfport source tree, imported through PYTHONPATH "
                         "(package folders converters/mappings/verify linked under hfport/)")
+    parser.add_argument("--bpe-dir", type=Path, help="also time hfport writing the tokenizer and processor from this "
+                        "OFA utils/BPE folder (what `hfport convert --bpe-dir` does)")
     args = parser.parse_args()
 
     contenders = {"floor": lambda src, dst: [sys.executable, "-c", "import torch"],
                   "cp": lambda src, dst: ["cp", str(src), str(dst)],
                   "naive": lambda src, dst: [sys.executable, "-c", NAIVE, str(src), str(dst)],
                   "hfport": lambda src, dst: [sys.executable, "-c", HFPORT, str(src), str(dst)]}
+    if args.bpe_dir:
+        contenders["hfport+bpe"] = lambda src, dst: [sys.executable, "-c", HFPORT, str(src), str(dst), str(args.bpe_dir)]
     envs = {name: None for name in contenders}
     if args.compare_code:
         contenders["hfport@old"] = contenders["hfport"]
@@ -110,8 +115,9 @@ def main() -> None:
         rows.append((case, source.stat().st_size / 2**20, best, floor, peaks))
 
     print("\n| checkpoint | file | import torch | cp | naive mmap script | hfport convert (above floor) "
-          "| vs cp (goal <= 2x) | vs naive | peak anon |" + (" hfport@old |" if args.compare_code else ""))
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.compare_code else ""))
+          "| vs cp (goal <= 2x) | vs naive | peak anon |" + (" hfport@old |" if args.compare_code else "")
+          + (" hfport --bpe-dir |" if args.bpe_dir else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.compare_code else "") + ("---|" if args.bpe_dir else ""))
     for case, mib, best, floor, peaks in rows:
         above = {name: best[name] - (floor if name not in ("cp",) else 0.0) for name in best}
         line = (f"| {case} | {mib:,.0f} MiB | {floor:.2f} s | {best['cp']:.2f} s | {above['naive']:.2f} s "
@@ -119,6 +125,8 @@ def main() -> None:
                 f"| {min(peaks['hfport']):.0f} MB |")
         if args.compare_code:
             line += f" {above['hfport@old']:.2f} s ({min(peaks['hfport@old']):.0f} MB) |"
+        if args.bpe_dir:
+            line += f" {above['hfport+bpe']:.2f} s ({min(peaks['hfport+bpe']):.0f} MB) |"
         print(line)
     print("times for naive and hfport are whole-process wall time minus the import-torch floor")
 

@@ -285,3 +285,55 @@ def test_inference_resnet_with_folded_batchnorm_matches_the_layer_by_layer_resne
         changed = resnet(pixels)
     torch.testing.assert_close(changed, resnet(pixels).detach(), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(changed, folded)
+
+
+def test_beam_search_leaves_the_cross_attention_cache_alone_and_finds_the_same_beams(monkeypatch):
+    """OFA's `_reorder_cache` reorders only the self-attention cache: tokens and scores equal the stock reorder."""
+    from transformers.cache_utils import EncoderDecoderCache
+
+    model = _tiny_model()
+    generator = torch.Generator().manual_seed(2)
+    src = torch.randint(4, 40, (2, 5), generator=generator)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    kwargs = dict(input_ids=src, patch_images=images, max_new_tokens=6, num_beams=3, num_return_sequences=3,
+                  do_sample=False, output_scores=True, return_dict_in_generate=True)
+    cross_reorders = []
+    original = EncoderDecoderCache.reorder_cache
+    with torch.no_grad():
+        fast = model.generate(**kwargs)
+        monkeypatch.setattr(EncoderDecoderCache, "reorder_cache",
+                            lambda self, idx: (cross_reorders.append(1), original(self, idx))[1])
+        monkeypatch.delattr(type(model), "_reorder_cache")
+        stock = model.generate(**kwargs)
+    assert cross_reorders  # the comparison really used the stock path
+    assert fast.sequences.tolist() == stock.sequences.tolist()
+    torch.testing.assert_close(fast.sequences_scores, stock.sequences_scores, atol=1e-6, rtol=0)
+
+
+def test_verification_generates_from_the_traced_encoder_output_after_one_full_generate():
+    """The first generation check encodes through generate(); later ones reuse the encoder output the trace of
+    the same set compared, and give the same tokens as encoding again."""
+    from hfport.verify.backends.hf_ofa import hf_generate, hf_trace
+
+    model = _tiny_model()
+    generator = torch.Generator().manual_seed(4)
+    sets = {name: {"src_tokens": torch.randint(4, 40, (2, 5), generator=generator),
+                   "src_lengths": torch.tensor([5, 5]),
+                   "patch_images": torch.randn(2, 3, 64, 64, generator=generator),
+                   "patch_masks": torch.tensor([True, name == "a"]),
+                   "prev_output_tokens": torch.randint(4, 40, (2, 3), generator=generator)} for name in ("a", "b")}
+    fresh = {(name, beams): hf_generate(_tiny_model(), inputs, beams, 5, 1)
+             for name, inputs in sets.items() for beams in (1, 3)}
+    encodes = []
+    model.get_encoder().register_forward_hook(lambda *a: encodes.append(1))
+    for inputs in sets.values():
+        hf_trace(model, inputs)
+    assert len(encodes) == 2
+    reused = {(name, beams): hf_generate(model, {k: v.clone() for k, v in inputs.items()}, beams, 5, 1)
+              for name, inputs in sets.items() for beams in (1, 3)}
+    assert len(encodes) == 3  # one full generate, then three from the traces
+    assert reused == fresh
+    other = {k: v.clone() for k, v in sets["a"].items()}
+    other["patch_images"] += 1  # unseen inputs are encoded, never answered from memory
+    hf_generate(model, other, 1, 5, 1)
+    assert len(encodes) == 4

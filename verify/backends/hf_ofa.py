@@ -1,5 +1,6 @@
 """Run a converted OFA model on fixture-format inputs: traces with the golden fixtures' names, and generation."""
 
+import sys
 from collections import OrderedDict
 
 import torch
@@ -36,6 +37,7 @@ def hf_trace(model, inputs: dict) -> "OrderedDict[str, torch.Tensor]":
         output_hidden_states=True,
         return_dict=True,
     )
+    _remember_encoding(model, inputs, out)
     trace = OrderedDict()
     trace["encoder_position_embeddings"] = _fp32(out.encoder_position_embeddings)
     for i, state in enumerate(out.encoder_hidden_states):
@@ -47,6 +49,50 @@ def hf_trace(model, inputs: dict) -> "OrderedDict[str, torch.Tensor]":
     trace["decoder_features"] = _fp32(out.decoder_last_hidden_state)
     trace["logits"] = _fp32(out.logits)
     return trace
+
+
+# Verification traces every input set, then generates from the same sets several times. The encoder output of a
+# set is the one the trace just compared with the reference, so the generation checks after the first reuse it
+# instead of encoding the image again (the encoder is most of the cost). The first generation check still goes
+# through generate()'s own encoder call, so that path stays verified.
+_REMEMBERED_SETS = 4
+
+
+def _same_inputs(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for name, value in a.items():
+        other = b[name]
+        if isinstance(value, torch.Tensor) != isinstance(other, torch.Tensor):
+            return False
+        if isinstance(value, torch.Tensor):
+            if value is not other and (value.shape != other.shape or value.dtype != other.dtype
+                                       or not torch.equal(value, other)):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+def _remember_encoding(model, inputs: dict, out) -> None:
+    memory = model.__dict__.setdefault("_hfport_encodings", {"full_generate_done": False, "sets": []})
+    encoding = (out.encoder_last_hidden_state, out.encoder_padding_mask, out.encoder_position_embeddings)
+    memory["sets"] = [*memory["sets"], (dict(inputs), encoding)][-_REMEMBERED_SETS:]
+
+
+def _remembered_encoding(model, inputs: dict):
+    memory = model.__dict__.get("_hfport_encodings")
+    if memory is None:
+        return None
+    if not memory["full_generate_done"]:
+        memory["full_generate_done"] = True
+        return None
+    found = next((encoding for seen, encoding in memory["sets"] if _same_inputs(seen, inputs)), None)
+    if found is None:
+        return None
+    hidden, padding, positions = found
+    output_class = sys.modules[type(model).__module__].OFAEncoderOutput
+    return output_class(last_hidden_state=hidden, padding_mask=padding, position_embeddings=positions)
 
 
 def _strip(sequence: list[int]) -> list[int]:
@@ -64,8 +110,10 @@ def hf_generate(model, inputs: dict, num_beams: int, max_len_b: int, min_len: in
     OFA starts from <s>, never emits pad, blocks eos while fewer than `min_len` tokens were generated and forces eos
     as token number `max_len_b + 1`; scores are length-normalised log-probs (length_penalty 1).
     """
+    reuse = _remembered_encoding(model, inputs)
     sequences = model.generate(
         **_model_inputs(model, inputs),
+        **({"encoder_outputs": reuse} if reuse is not None else {}),
         num_beams=num_beams,
         num_return_sequences=1,
         do_sample=False,

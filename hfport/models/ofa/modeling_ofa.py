@@ -1362,6 +1362,16 @@ class OFAForConditionalGeneration(OFAPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _reorder_cache(self, past_key_values, beam_idx: torch.LongTensor):
+        """Beam search: only the self-attention cache follows the chosen beams. Beams move within their sample, and a
+        sample's beams attend to copies of one encoder output, so their cross-attention keys and values are already
+        equal: reordering them (a copy of every layer's keys and values at every step) would change nothing."""
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
 
 __all__ = [
     "OFAPreTrainedModel",
