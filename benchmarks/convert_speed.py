@@ -62,9 +62,11 @@ save_file(renamed, sys.argv[2] + '.safetensors')
 """
 
 
-def timed(argv: list[str], env: dict | None = None) -> tuple[float, str]:
+def timed(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str]:
+    # cwd outside any source tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH,
+    # so a run from a checkout would import that checkout's hfport instead of --compare-code's
     start = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed: {result.stderr[-1500:]}")
@@ -106,7 +108,7 @@ def main() -> None:
             for name, argv in contenders.items():
                 dest = args.workdir / f"out-{name}"
                 subprocess.run(["rm", "-rf", str(dest), str(dest) + ".safetensors"], check=True)
-                seconds, out = timed(argv(source, dest), envs[name])
+                seconds, out = timed(argv(source, dest), envs[name], cwd=args.workdir)
                 times[name].append(seconds)
                 if "PEAK_ANON_KB" in out:
                     peaks[name].append(int(out.split("PEAK_ANON_KB")[-1].split()[0]) / 1024)

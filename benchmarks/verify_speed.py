@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,9 +42,10 @@ print(f"INSIDE load {loaded - started:.2f} forward {time.perf_counter() - loaded
 """
 
 
-def wall(argv: list[str], env: dict | None = None) -> float:
+def wall(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> float:
+    # cwd outside any source tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH
     started = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:4])} failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -86,16 +88,22 @@ def main() -> None:
     sides = {"load + forward": [sys.executable, "-c", LOAD_AND_FORWARD, str(folder), str(golden)],
              "verify": verify_argv(folder, golden, args.workdir / "verify-report.json")}
     envs: dict[str, dict | None] = {name: None for name in sides}
-    if args.compare_code:
-        sides["verify (before)"] = verify_argv(folder, golden, args.workdir / "verify-report-before.json")
+    if args.compare_code:  # the other tree's harness on a copy of the folder holding that tree's model code
+        old = folder.with_name(folder.name + "@old")
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.copytree(folder, old)
+        for name in ("configuration_ofa.py", "modeling_ofa.py"):
+            shutil.copy2(args.compare_code / "hfport" / "models" / "ofa" / name, old / name)
+        sides["verify (before)"] = verify_argv(old, golden, args.workdir / "verify-report-before.json") + [
+            "--trust-remote-code"]  # its code digests no longer match hfport.json: that is the point of the copy
         envs["verify (before)"] = {**os.environ, "PYTHONPATH": str(args.compare_code)}
     load_before = os.getloadavg()[0]
     for name, argv in sides.items():  # warm-up: page cache, remote-code module cache
-        wall(argv, envs[name])
+        wall(argv, envs[name], cwd=args.workdir)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.reps):
         for name, argv in sides.items():
-            times[name].append(wall(argv, envs[name]))
+            times[name].append(wall(argv, envs[name], cwd=args.workdir))
         print(f"rep {rep + 1}: " + ", ".join(f"{n} {t[-1]:.1f} s" for n, t in times.items()), flush=True)
     best = {name: min(values) for name, values in times.items()}
     print(f"\n{args.arch} fp32, golden {golden.name} ({golden.stat().st_size / 2**20:.0f} MiB), whole-process wall "
