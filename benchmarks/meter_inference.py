@@ -13,6 +13,21 @@ VQA forward: both towers, fusion, poolers and head; an image plus a 40-token que
 warm-up, then --reps times with the sides interleaved (the machine may be shared); the table shows the minimum per
 side. Before the timing, both sides' VQA logits on the same inputs are compared (that run is the warm-up);
 --profile then prints each side's top operators (torch.profiler, one forward of batch 1).
+
+METER's legacy environment as built on Python 3.11 for this benchmark (and for `hfport verify --against` on METER):
+
+    python3.11 -m venv ENV && ENV/bin/pip install torch==2.13.0      # the CPU wheel
+    ENV/bin/pip install "numpy<2" transformers==4.6.0 pytorch_lightning==1.3.2 timm==0.4.12 einops==0.3.0 \
+        sacred==0.8.2 ftfy tqdm Pillow --no-deps
+    ENV/bin/pip install filelock regex requests sacremoses packaging future PyYAML fsspec tensorboard \
+        torchmetrics==0.3.2 docopt jsonpickle munch wrapt py-cpuinfo colorama GitPython wcwidth
+    ENV/bin/pip install "jsonpickle<2" "munch<3" "wrapt<2"                              # sacred 0.8.2's pins
+    ENV/bin/pip install "setuptools>=77,<81" pyDeprecate==0.3.0 huggingface_hub==0.0.8 torchvision==0.28.0 --no-deps
+
+PyPI's torchvision 0.28.0 is a CUDA build whose two fake-kernel registrations (`torchvision::nms`, `qnms` in
+torchvision/_meta_registrations.py) fail beside CPU torch; METER only needs `torchvision.transforms`, which imports
+once those two decorators are disabled in that throwaway environment. `tokenizers` is not needed (0.10 has no
+Python 3.11 wheel).
 """
 
 from __future__ import annotations
