@@ -2,9 +2,9 @@
 
 Importing transformers costs about three seconds (it indexes every model module on import), more than converting a
 base-size checkpoint. Conversion only needs the config's values: to state the target shapes (`ofa_shapes`), to check
-the hyper-parameters and to write `config.json`. This module reads the field defaults and option tables straight
-from `hfport/models/ofa/configuration_ofa.py` (the file copied beside the weights, parsed, not imported), so there is
-one place that declares them. The tests hold the draft to the real `OFAConfig`: the same `config.json` for every
+the hyper-parameters and to write `config.json`. This module reads the field defaults, the option tables and the completion and validation
+methods straight from `hfport/models/ofa/configuration_ofa.py` (the file copied beside the weights: parsed, and
+those two methods compiled on their own, never importing the module), so there is one place that declares them. The tests hold the draft to the real `OFAConfig`: the same `config.json` for every
 preset, switch, fixture and variant, and the same refusals.
 """
 
@@ -21,12 +21,16 @@ CONFIG_CLASS = "OFAConfig"
 CONFIG_NAME = "config.json"
 
 
+RULES = ("complete_ofa_options", "validate_ofa_options")  # OFAConfig methods the draft runs as they are written
+
+
 @functools.cache
-def declared() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(field -> default, module-level constant -> value) as configuration_ofa.py declares them."""
+def _parsed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(field -> default, module-level constant -> value, rule name -> function) from configuration_ofa.py."""
     source = (resources.files("hfport.models.ofa") / "configuration_ofa.py").read_text(encoding="utf-8")
     fields: dict[str, Any] = {}
     constants: dict[str, Any] = {}
+    rules: list[ast.FunctionDef] = []
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
@@ -39,8 +43,19 @@ def declared() -> tuple[dict[str, Any], dict[str, Any]]:
                     fields[item.target.id] = ast.literal_eval(item.value)
                 elif isinstance(item, ast.Assign) and [getattr(t, "id", None) for t in item.targets] == ["model_type"]:
                     constants["model_type"] = ast.literal_eval(item.value)
-    if not fields or "model_type" not in constants:
-        raise RuntimeError(f"configuration_ofa.py declares no {CONFIG_CLASS} fields: the package is damaged")
+                elif isinstance(item, ast.FunctionDef) and item.name in RULES:
+                    rules.append(item)
+    if not fields or "model_type" not in constants or len(rules) != len(RULES):
+        raise RuntimeError(f"configuration_ofa.py declares no {CONFIG_CLASS} fields or rules: the package is damaged")
+    # hfport's own file: its two rule methods run against the constants above, nothing else in scope
+    namespace: dict[str, Any] = {"__builtins__": __builtins__, **constants}
+    exec(compile(ast.Module(body=rules, type_ignores=[]), "configuration_ofa.py", "exec"), namespace)
+    return fields, constants, {name: namespace[name] for name in RULES}
+
+
+def declared() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(field -> default, module-level constant -> value) as configuration_ofa.py declares them."""
+    fields, constants, _ = _parsed()
     return fields, constants
 
 
@@ -58,36 +73,9 @@ class OFAConfigDraft:
         self.architectures: list[str] | None = None
         self.auto_map: dict[str, str] | None = None
         self.dtype: str | None = None
-        self._complete()
-        self._check()
-
-    def _complete(self) -> None:  # OFAConfig.__post_init__
-        if self.share_all_embeddings:
-            self.share_decoder_input_output_embed = True
-        if self.tie_word_embeddings is None:
-            self.tie_word_embeddings = bool(self.share_decoder_input_output_embed)
-        if self.decoder_output_dim is None:
-            self.decoder_output_dim = self.decoder_embed_dim
-
-    def _check(self) -> None:  # OFAConfig.validate_ofa_options; raises ValueError with the same messages
-        resnets, prompt_types = self._constants["RESNET_LAYERS"], self._constants["PROMPT_TYPES"]
-        if self.resnet_type not in resnets:
-            raise ValueError(f"resnet_type {self.resnet_type!r} is not supported (expected one of {sorted(resnets)})")
-        if self.share_all_embeddings and self.encoder_embed_dim != self.decoder_embed_dim:
-            raise ValueError("share_all_embeddings requires encoder_embed_dim == decoder_embed_dim")
-        for side in ("encoder", "decoder"):
-            if not getattr(self, f"{side}_prompt"):
-                continue
-            kind = getattr(self, f"{side}_prompt_type")
-            if kind not in prompt_types:
-                raise ValueError(f"{side}_prompt_type {kind!r} is not supported (OFA builds only {prompt_types})")
-            if getattr(self, f"{side}_prompt_length") < 1:
-                raise ValueError(f"{side}_prompt_length must be positive")
-            if getattr(self, f"{side}_prompt_projection") and not getattr(self, f"{side}_prompt_dim"):
-                raise ValueError(f"{side}_prompt_projection needs {side}_prompt_dim")
-        for flag in self._constants["UNSUPPORTED_FLAGS"]:
-            if getattr(self, flag, False):
-                raise ValueError(f"the OFA option {flag!r} is not supported by this port")
+        rules = _parsed()[2]
+        rules["complete_ofa_options"](self)
+        rules["validate_ofa_options"](self)
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._names + self._extra}

@@ -122,6 +122,13 @@ class OFAConfig(PreTrainedConfig):
     tie_word_embeddings: bool | None = None
 
     def __post_init__(self, **kwargs):
+        self.complete_ofa_options()
+        super().__post_init__(**kwargs)
+        self.validate_ofa_options()
+
+    # complete_ofa_options and validate_ofa_options use only the instance and this module's constants: hfport's
+    # converter runs these same two functions (parsed from this file) without importing transformers
+    def complete_ofa_options(self) -> None:
         if self.share_all_embeddings:
             # fairseq's build_model forces this whenever all embeddings are shared
             self.share_decoder_input_output_embed = True
@@ -129,8 +136,6 @@ class OFAConfig(PreTrainedConfig):
             self.tie_word_embeddings = bool(self.share_decoder_input_output_embed)
         if self.decoder_output_dim is None:
             self.decoder_output_dim = self.decoder_embed_dim
-        super().__post_init__(**kwargs)
-        self.validate_ofa_options()
 
     def validate_ofa_options(self) -> None:
         if self.resnet_type not in RESNET_LAYERS:
