@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hfport.converters.fairseq_translation import original_checkpoint, regenerator  # noqa: F401  (same format)
+from hfport.converters.fairseq_translation import arch_name, original_checkpoint, regenerator  # noqa: F401  (same format)
 from hfport.converters.ofa import _layer_count, model_arguments, task_arguments
 from hfport.converters.pipeline import Prepared, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
@@ -28,14 +28,8 @@ SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 
 def matches(checkpoint: dict) -> bool:
-    if not isinstance(checkpoint.get("model"), dict) or not ("cfg" in checkpoint or "args" in checkpoint):
-        return False
-    try:
-        args = model_arguments(checkpoint)
-    except ConfigError:
-        return False
-    arch = args.get("arch") or args.get("_name")
-    return isinstance(arch, str) and bool(ARCHS.match(arch))
+    arch = arch_name(checkpoint)
+    return arch is not None and bool(ARCHS.match(arch))
 
 
 def derive_structure(state: dict) -> dict:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from hfport.converters.fairseq_translation import original_checkpoint, regenerator  # noqa: F401  (same format)
+from hfport.converters.fairseq_translation import arch_name, original_checkpoint, regenerator  # noqa: F401  (same format)
 from hfport.converters.ofa import _layer_count, model_arguments, task_arguments
-from hfport.converters.pipeline import Prepared, reject_unused_options
+from hfport.converters.pipeline import Prepared, first_unsupported, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 
 STATE_KEY = "model"
@@ -57,30 +57,16 @@ REFUSED_FLAGS = {  # stated flag -> why no stock class computes it
 }
 
 
-def arch_name(checkpoint: dict) -> str | None:
-    try:
-        args = model_arguments(checkpoint)
-    except ConfigError:
-        return None
-    return args.get("arch") or args.get("_name")
-
-
 def matches(checkpoint: dict) -> bool:
-    if not isinstance(checkpoint.get("model"), dict) or not ("cfg" in checkpoint or "args" in checkpoint):
-        return False
     arch = arch_name(checkpoint)
-    return isinstance(arch, str) and bool(ARCHS.match(arch))
+    return arch is not None and bool(ARCHS.match(arch))
 
 
 def derive_structure(state: dict) -> dict:
-    from hfport.mappings.templates import collapse_keys
-
-    for pattern, what in UNSUPPORTED_KEYS.items():
-        hits = [k for k in state if re.search(pattern, k)]
-        if hits:
-            raise UnsupportedCheckpointError(
-                f"this fairseq language model uses {what}; no stock transformers class computes it: "
-                f"{collapse_keys(hits, 4)}")
+    if (found := first_unsupported(state, UNSUPPORTED_KEYS)) is not None:
+        what, keys = found
+        raise UnsupportedCheckpointError(
+            f"this fairseq language model uses {what}; no stock transformers class computes it: {keys}")
     need = ["decoder.embed_tokens.weight", "decoder.layers.0.fc1.weight", "decoder.layers.0.self_attn.q_proj.weight"]
     missing = [k for k in need if k not in state]
     if missing:

@@ -33,14 +33,8 @@ generator = fb.generator  # final_logits_bias: zeros
 
 def matches(checkpoint: dict) -> bool:
     """mbart_* archs, and BART-arch checkpoints trained pre-norm (mBART's layout under another arch name)."""
-    if not isinstance(checkpoint.get("model"), dict) or not ("cfg" in checkpoint or "args" in checkpoint):
-        return False
-    try:
-        args = model_arguments(checkpoint)
-    except ConfigError:
-        return False
-    arch = args.get("arch") or args.get("_name")
-    if not isinstance(arch, str):
+    arch = fb.arch_name(checkpoint)
+    if arch is None:
         return False
     return bool(ARCHS.match(arch)) or (bool(fb.ARCHS.match(arch)) and "encoder.layer_norm.weight" in checkpoint["model"])
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hfport.converters.fairseq_translation import original_checkpoint as _translation_checkpoint
+from hfport.converters.fairseq_translation import arch_name
 from hfport.converters.fairseq_translation import regenerator  # noqa: F401  (the same version buffers)
 from hfport.converters.ofa import _layer_count, model_arguments, task_arguments
 from hfport.converters.pipeline import Prepared, reject_unused_options
@@ -61,14 +62,8 @@ def _bpe_kind(checkpoint: dict) -> str | None:
 
 
 def matches(checkpoint: dict) -> bool:
-    if not isinstance(checkpoint.get("model"), dict) or not ("cfg" in checkpoint or "args" in checkpoint):
-        return False
-    try:
-        args = model_arguments(checkpoint)
-    except ConfigError:
-        return False
-    arch = args.get("arch") or args.get("_name")
-    return isinstance(arch, str) and bool(ARCHS.match(arch))
+    arch = arch_name(checkpoint)
+    return arch is not None and bool(ARCHS.match(arch))
 
 
 def head_names(state: dict) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from hfport.converters.ofa import model_arguments, task_arguments, _layer_count
-from hfport.converters.pipeline import Prepared, reject_unused_options
+from hfport.converters.pipeline import Prepared, first_unsupported, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 
 FAMILY = "fairseq_translation"
@@ -43,28 +43,28 @@ UNSUPPORTED_KEYS = {
 
 
 def arch_name(checkpoint: dict) -> str | None:
+    """The arch a fairseq checkpoint (a `model` state dict beside `cfg` or `args`) names; None for anything else.
+    Every fairseq family's `matches` starts here."""
+    if not isinstance(checkpoint.get("model"), dict) or not ("cfg" in checkpoint or "args" in checkpoint):
+        return None
     try:
         args = model_arguments(checkpoint)
     except ConfigError:
         return None
-    return args.get("arch") or args.get("_name")
+    arch = args.get("arch") or args.get("_name")
+    return arch if isinstance(arch, str) else None
 
 
 def matches(checkpoint: dict) -> bool:
-    if not isinstance(checkpoint.get("model"), dict) or not ("cfg" in checkpoint or "args" in checkpoint):
-        return False
     arch = arch_name(checkpoint)
-    return isinstance(arch, str) and bool(ARCHS.match(arch))
+    return arch is not None and bool(ARCHS.match(arch))
 
 
 def _refuse_unsupported(state: dict) -> None:
-    from hfport.mappings.templates import collapse_keys
-
-    for pattern, what in UNSUPPORTED_KEYS.items():
-        hits = [k for k in state if re.search(pattern, k)]
-        if hits:
-            raise UnsupportedCheckpointError(
-                f"this fairseq transformer uses {what}; no stock transformers class computes it: {collapse_keys(hits, 4)}")
+    if (found := first_unsupported(state, UNSUPPORTED_KEYS)) is not None:
+        what, keys = found
+        raise UnsupportedCheckpointError(
+            f"this fairseq transformer uses {what}; no stock transformers class computes it: {keys}")
 
 
 def derive_structure(state: dict[str, torch.Tensor]) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hfport.converters.pipeline import Prepared, reject_unused_options
+from hfport.converters.pipeline import Prepared, first_unsupported, reject_unused_options
 from hfport.errors import ConfigError, UnsupportedCheckpointError
 from hfport.models import model_source_files
 
@@ -266,13 +266,9 @@ def floating_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
 
 
 def refuse_unsupported(state: dict) -> None:
-    for pattern, what in UNSUPPORTED_KEYS.items():
-        hits = [k for k in state if re.search(pattern, k)]
-        if hits:
-            from hfport.mappings.templates import collapse_keys
-
-            raise UnsupportedCheckpointError(
-                f"this OFA checkpoint uses {what}, which hfport does not convert yet: {collapse_keys(hits, 4)}")
+    if (found := first_unsupported(state, UNSUPPORTED_KEYS)) is not None:
+        what, keys = found
+        raise UnsupportedCheckpointError(f"this OFA checkpoint uses {what}, which hfport does not convert yet: {keys}")
 
 
 def prepare(checkpoint: dict, path: Path, *, bpe_dir=None, patch_image_size=None, bpe=None, **unused) -> Prepared:

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,17 @@ def reject_unused_options(unused: dict, family: str) -> None:
     given = [k for k, v in unused.items() if v is not None and v is not False]
     if given:
         raise ConfigError(f"option(s) not used for {family} checkpoints: {', '.join('--' + k.replace('_', '-') for k in given)}")
+
+
+def first_unsupported(state: dict, patterns: dict[str, str]) -> tuple[str, str] | None:
+    """(what, its keys collapsed for a message) for the first {regex: what} entry some key of `state` matches."""
+    from hfport.mappings.templates import collapse_keys
+
+    for pattern, what in patterns.items():
+        hits = [k for k in state if re.search(pattern, k)]
+        if hits:
+            return what, collapse_keys(hits, 4)
+    return None
 
 
 def detect_family(checkpoint: dict, path: Path):
