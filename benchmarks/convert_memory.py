@@ -19,20 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
-PRESETS = {
-    "ofa_tiny": dict(encoder_embed_dim=256, decoder_embed_dim=256, encoder_ffn_embed_dim=1024,
-                     decoder_ffn_embed_dim=1024, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                     decoder_attention_heads=4, resnet_type="resnet50"),
-    "ofa_medium": dict(encoder_embed_dim=512, decoder_embed_dim=512, encoder_ffn_embed_dim=2048,
-                       decoder_ffn_embed_dim=2048, encoder_layers=4, decoder_layers=4, encoder_attention_heads=8,
-                       decoder_attention_heads=8, resnet_type="resnet101"),
-    "ofa_base": dict(encoder_embed_dim=768, decoder_embed_dim=768, encoder_ffn_embed_dim=3072,
-                     decoder_ffn_embed_dim=3072, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                     decoder_attention_heads=12, resnet_type="resnet101"),
-}
-COMMON = dict(vocab_size=59457, scale_attn=True, scale_fc=True, scale_heads=True, disable_entangle=True)
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from ofa_checkpoints import PRESETS, make_checkpoint  # noqa: E402
 
 # Peak RSS is read from VmHWM (ru_maxrss would be inherited from this process across exec).
 _PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
@@ -49,29 +39,6 @@ print({_PEAK})
 """
 
 
-def make_checkpoint(arch: str, path: Path) -> dict:
-    from hfport.demo import write_fairseq_checkpoint
-    from hfport.models.ofa.configuration_ofa import OFAConfig
-    from hfport.models.ofa.modeling_ofa import OFAForConditionalGeneration
-
-    torch.manual_seed(0)
-    model = OFAForConditionalGeneration(OFAConfig(**PRESETS[arch], **COMMON)).eval()
-    write_fairseq_checkpoint(model, path)
-    checkpoint = torch.load(path, weights_only=False, mmap=True)
-    unique = {t.untyped_storage().data_ptr(): t for t in checkpoint["model"].values() if t.is_floating_point()}
-    params = list(unique.values())  # shared embeddings: one parameter, one set of Adam moments
-    checkpoint["last_optimizer_state"] = {
-        "state": {i: {"step": torch.tensor(10.0), "exp_avg": torch.randn_like(t), "exp_avg_sq": torch.rand_like(t)}
-                  for i, t in enumerate(params)},
-        "param_groups": [{"lr": 1e-4, "params": list(range(len(params)))}],
-    }
-    staging = path.with_suffix(".tmp")  # the mapped original must stay intact while it is read
-    torch.save(checkpoint, staging)
-    staging.replace(path)
-    weights = sum(t.numel() * t.element_size() for t in checkpoint["model"].values())
-    return {"weights_bytes": weights, "parameters": sum(t.numel() for t in params)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ofa_medium", choices=sorted(PRESETS))
@@ -82,7 +49,7 @@ def main() -> None:
     source, output = args.workdir / f"{args.arch}.pt", args.workdir / f"{args.arch}-hf"
 
     started = time.perf_counter()
-    facts = make_checkpoint(args.arch, source)
+    facts = make_checkpoint(args.arch, source, adam=True)
     print(f"wrote {source}: {facts['parameters'] / 1e6:.1f}M parameters, file {source.stat().st_size / 2**20:,.0f} MiB "
           f"(weights {facts['weights_bytes'] / 2**20:,.0f} MiB + Adam state) in {time.perf_counter() - started:.0f} s")
 

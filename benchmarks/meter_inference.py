@@ -42,6 +42,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _line_worker import LineWorker  # noqa: E402
+
 WORKER = HERE / "_meter_worker.py"
 BATCHES = (1, 8)
 GOAL = 1.3
@@ -88,45 +91,26 @@ def hfport_dirs() -> list[str]:
     return [os.path.dirname(hfport.__file__), os.path.dirname(hfport.verify.__file__)]
 
 
-class Worker:
+class Worker(LineWorker):
     def __init__(self, argv: list[str], env: dict | None = None):
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        reply = self._read("ready")
-        self.load_seconds, self.rss_mb = float(reply[0]), float(reply[1])
-
-    def _read(self, tag: str) -> list[str]:
-        while True:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"worker {self.process.args[:3]} ended without answering")
-            if line.split()[:1] == [tag]:
-                return line.split()[1:]
-
-    def _send(self, line: str) -> None:
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
+        super().__init__(argv, env, close_timeout=120)
 
     def forward_ms(self, batch: int) -> float:
-        self._send(f"forward {batch}")
-        return float(self._read("ms")[0])
+        return self.ask(f"forward {batch}")
 
     def logits(self, batch: int, path: Path) -> torch.Tensor:
-        self._send(f"logits {batch} {path}")
-        self._read("saved")
+        self.send(f"logits {batch} {path}")
+        self.read("saved")
         return torch.load(path, weights_only=True)
 
     def profile(self, batch: int, path: Path) -> str:
-        self._send(f"profile {batch} {path}")
-        self._read("saved")
+        self.send(f"profile {batch} {path}")
+        self.read("saved")
         return path.read_text()
 
     def peak_mb(self) -> float:
-        self._send("peak")
-        return float(self._read("peak")[0])
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=120)
+        self.send("peak")
+        return float(self.read("peak")[0])
 
 
 def cached_checkpoint(args) -> tuple[Path, Path]:

@@ -85,7 +85,10 @@ def make_checkpoint(arch: str, path: Path, *, dtype: torch.dtype = torch.float32
     torch.save(checkpoint, path)
     write_task_dictionary(path.parent / "dict.txt", model.config.vocab_size)
     weights = sum(t.numel() * t.element_size() for t in fairseq_state.values())
-    return {"seconds": time.perf_counter() - started, "weights_bytes": weights, "file_bytes": path.stat().st_size}
+    parameters = sum(t.numel() for t in {t.untyped_storage().data_ptr(): t for t in fairseq_state.values()
+                                         if t.is_floating_point()}.values())  # shared embeddings counted once
+    return {"seconds": time.perf_counter() - started, "weights_bytes": weights, "file_bytes": path.stat().st_size,
+            "parameters": parameters}
 
 
 def cached_checkpoint(arch: str, workdir: Path, *, dtype: torch.dtype = torch.float32, adam: bool = False) -> Path:

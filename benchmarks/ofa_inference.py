@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _line_worker import LineWorker  # noqa: E402
 from ofa_checkpoints import cached_checkpoint  # noqa: E402
 
 WORKER = HERE / "_ofa_worker.py"
@@ -34,33 +34,10 @@ GOALS = {"forward": 1.3, "greedy": 1.5}
 SOURCE_TOKENS = 12
 
 
-class Worker:
-    def __init__(self, argv: list[str], env: dict | None = None):
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        reply = self._read("ready")
-        self.load_seconds, self.rss_mb = float(reply[0]), float(reply[1])
-
-    def _read(self, tag: str) -> list[str]:
-        while True:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"worker {self.process.args[:3]} ended without answering")
-            if line.startswith(tag + " "):
-                return [line[len(tag) + 1:]] if tag == "tokens" else line.split()[1:]  # tokens: one JSON value
-
-    def ask(self, command: str) -> float:
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return float(self._read("ms")[0])
-
+class Worker(LineWorker):
     def tokens(self, set_name: str) -> list[list[int]]:
-        self.process.stdin.write(f"tokens {set_name}\n")
-        self.process.stdin.flush()
-        return json.loads(self._read("tokens")[0])
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+        self.send(f"tokens {set_name}")
+        return json.loads(self.read("tokens", whole=True)[0])  # one JSON value, spaces included
 
 
 def make_inputs(path: Path, vocab_text: int, image_size: int) -> None:
